@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET
+
+from accounts import services
+from accounts.errors import EmailTaken
+from accounts.forms import EmailAuthenticationForm, SignupForm
+from config.ratelimit import Window
+from wallet import selectors as wallet_selectors
+
+
+def client_ip(request: HttpRequest) -> str:
+    return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def login_window() -> Window:
+    return Window(
+        "login-failure",
+        limit=settings.LOGIN_FAILURE_LIMIT,
+        seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS,
+    )
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("home")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.user_create(
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+                full_name=form.cleaned_data["full_name"],
+                country=form.cleaned_data["country"],
+            )
+        except EmailTaken:
+            form.add_error("email", "An account with this email address already exists.")
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, "Welcome! Your account is ready.")
+            return redirect(request.POST.get("next") or "home")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+class LoginView(auth_views.LoginView):
+    """Django's log-in, with failed attempts limited per client address and per email so
+    passwords cannot be guessed at speed."""
+
+    form_class = EmailAuthenticationForm
+    redirect_authenticated_user = True
+
+    def _subjects(self) -> list[str]:
+        email = (self.request.POST.get("username") or "").strip().lower()
+        return [f"ip:{client_ip(self.request)}", f"email:{email}"]
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        window = login_window()
+        blocked = [s for s in self._subjects() if window.exceeded(s)]
+        if blocked:
+            form = self.get_form()
+            form.errors.clear()
+            form.add_error(
+                None,
+                "Too many failed log-in attempts. Please wait a few minutes and try again.",
+            )
+            response = self.render_to_response(self.get_context_data(form=form), status=429)
+            response["Retry-After"] = str(window.retry_after(blocked[0]))
+            return response
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        window = login_window()
+        for subject in self._subjects():
+            window.hit(subject)
+        return super().form_invalid(form)
+
+
+class LogoutView(auth_views.LogoutView):
+    pass
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    wallet = wallet_selectors.wallet_get_for_user(user=request.user)
+    return render(
+        request,
+        "console/home.html",
+        {"wallet": wallet, "summary": wallet_selectors.wallet_summary(wallet=wallet)},
+    )
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return JsonResponse({"status": "ok"})

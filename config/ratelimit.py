@@ -1,0 +1,44 @@
+"""A small fixed-window counter in the shared cache, for guessable inputs (log-ins,
+redemption codes). The cache is Redis in every multi-node deployment, so the limit holds
+across processes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.core.cache import cache
+
+
+@dataclass(frozen=True)
+class Window:
+    name: str
+    limit: int
+    seconds: int
+
+    def _key(self, subject: str) -> tuple[str, int]:
+        window_start = int(time.time()) // self.seconds * self.seconds
+        return f"rl:{self.name}:{subject}:{window_start}", window_start
+
+    def retry_after(self, subject: str) -> int:
+        _, window_start = self._key(subject)
+        return max(1, window_start + self.seconds - int(time.time()))
+
+    def exceeded(self, subject: str) -> bool:
+        key, _ = self._key(subject)
+        return int(cache.get(key, 0)) >= self.limit
+
+    def hit(self, subject: str) -> int:
+        """Count one event; returns the count in the current window."""
+        key, _ = self._key(subject)
+        if cache.add(key, 1, timeout=self.seconds + 1):
+            return 1
+        try:
+            return int(cache.incr(key))
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, timeout=self.seconds + 1)
+            return 1
+
+    def reset(self, subject: str) -> None:
+        key, _ = self._key(subject)
+        cache.delete(key)

@@ -1,0 +1,123 @@
+"""Reads of wallets, lots, holds and the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Count, Min, QuerySet, Sum
+from django.utils import timezone
+
+from wallet.errors import WalletNotFound
+from wallet.models import CreditLot, Hold, LedgerEntry, Wallet
+
+
+def wallet_get(*, wallet_id: int) -> Wallet:
+    wallet = Wallet.objects.filter(pk=wallet_id).first()
+    if wallet is None:
+        raise WalletNotFound(wallet_id=wallet_id)
+    return wallet
+
+
+def wallet_get_for_user(*, user: Any) -> Wallet:
+    wallet = Wallet.objects.filter(user=user).first()
+    if wallet is None:
+        raise WalletNotFound(user_id=getattr(user, "pk", None))
+    return wallet
+
+
+def wallet_get_for_organization(*, organization: Any) -> Wallet:
+    wallet = Wallet.objects.filter(organization=organization).first()
+    if wallet is None:
+        raise WalletNotFound(organization_id=getattr(organization, "pk", None))
+    return wallet
+
+
+def wallet_get_for_owner(*, user: Any = None, organization: Any = None) -> Wallet:
+    if organization is not None:
+        return wallet_get_for_organization(organization=organization)
+    return wallet_get_for_user(user=user)
+
+
+@dataclass(frozen=True)
+class CategorySummary:
+    category: str
+    remaining: int
+    lots: int
+    next_expiry: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class WalletSummary:
+    balance: int
+    held: int
+    available: int
+    frozen: int
+    categories: list[CategorySummary] = field(default_factory=list)
+
+
+def wallet_summary(*, wallet: Wallet, now: dt.datetime | None = None) -> WalletSummary:
+    """Balance, held, available (net of credits past expiry awaiting the expiry job), and
+    the credits left per category with the next expiry of each."""
+    now = now or timezone.now()
+    rows = (
+        CreditLot.objects.filter(wallet=wallet, has_credits=True)
+        .values("category")
+        .annotate(remaining=Sum("remaining"), lots=Count("id"), next_expiry=Min("expires_at"))
+        .order_by("category")
+    )
+    frozen = (
+        CreditLot.objects.filter(wallet=wallet, has_credits=True, expires_at__lte=now).aggregate(
+            total=Sum("remaining")
+        )["total"]
+        or 0
+    )
+    return WalletSummary(
+        balance=wallet.balance,
+        held=wallet.held,
+        available=max(wallet.balance - wallet.held - frozen, 0),
+        frozen=frozen,
+        categories=[
+            CategorySummary(r["category"], r["remaining"], r["lots"], r["next_expiry"])
+            for r in rows
+        ],
+    )
+
+
+def ledger_entry_list(
+    *,
+    wallet: Wallet,
+    kinds: list[str] | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> QuerySet[LedgerEntry]:
+    entries = LedgerEntry.objects.filter(wallet=wallet)
+    if kinds:
+        entries = entries.filter(kind__in=kinds)
+    if since is not None:
+        entries = entries.filter(created_at__gte=since)
+    if until is not None:
+        entries = entries.filter(created_at__lt=until)
+    return entries.order_by("-id")
+
+
+def lot_list(*, wallet: Wallet, with_credits_only: bool = True) -> QuerySet[CreditLot]:
+    lots = CreditLot.objects.filter(wallet=wallet)
+    if with_credits_only:
+        lots = lots.filter(has_credits=True)
+    return lots.order_by("priority", "expires_at", "category_rank", "created_at", "id")
+
+
+def lot_list_for_reference(*, reference_type: str, reference_id: str) -> QuerySet[CreditLot]:
+    return CreditLot.objects.filter(
+        reference_type=reference_type, reference_id=reference_id
+    ).order_by("id")
+
+
+def hold_get(*, wallet: Wallet, request_id: str) -> Hold | None:
+    return Hold.objects.filter(wallet=wallet, request_id=request_id).first()
+
+
+def hold_list_active(*, wallet: Wallet) -> QuerySet[Hold]:
+    return Hold.objects.filter(wallet=wallet, status=Hold.Status.ACTIVE).order_by("id")
