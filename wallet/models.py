@@ -7,12 +7,14 @@ Invariants (DESIGN.md; checked by ``manage.py wallet_verify``):
 3. Ledger entries are append-only (a PostgreSQL trigger refuses UPDATE and DELETE).
 4. Every entry has a kind and a reference; staff entries have an actor and a reason.
 5. Every entry has a UNIQUE idempotency key, written in the transaction of its effect.
-6. Debits burn lots in one fixed order (``LOT_BURN_ORDER``).
+6. Debits burn lots in one fixed order (``lot_burn_order``).
 
 Lock order everywhere: API token, membership, hold, wallet, lots.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -282,5 +284,14 @@ class Hold(models.Model):
         return f"hold-capture:{self.pk}"
 
 
-# The burn order of invariant 6, shared by the Python path and the PostgreSQL function.
-LOT_BURN_ORDER = ("priority", "expires_at", "category_rank", "created_at", "id")
+def lot_burn_order() -> list[Any]:
+    """The burn order of invariant 6 (``wallet/sql.py`` spells the same order in SQL):
+    priority, soonest expiry (never-expiring last), promotional before bonus before paid,
+    oldest first."""
+    return [
+        "priority",
+        models.F("expires_at").asc(nulls_last=True),
+        "category_rank",
+        "created_at",
+        "id",
+    ]

@@ -10,7 +10,7 @@ from django.db.models import Count, Min, QuerySet, Sum
 from django.utils import timezone
 
 from wallet.errors import WalletNotFound
-from wallet.models import CreditLot, Hold, LedgerEntry, Wallet
+from wallet.models import CreditLot, Hold, LedgerEntry, Wallet, lot_burn_order
 
 
 def wallet_get(*, wallet_id: int) -> Wallet:
@@ -106,7 +106,7 @@ def lot_list(*, wallet: Wallet, with_credits_only: bool = True) -> QuerySet[Cred
     lots = CreditLot.objects.filter(wallet=wallet)
     if with_credits_only:
         lots = lots.filter(has_credits=True)
-    return lots.order_by("priority", "expires_at", "category_rank", "created_at", "id")
+    return lots.order_by(*lot_burn_order())
 
 
 def lot_list_for_reference(*, reference_type: str, reference_id: str) -> QuerySet[CreditLot]:

@@ -49,7 +49,7 @@ from wallet.errors import (
     WalletClosed,
     WalletNotFound,
 )
-from wallet.models import CreditLot, Hold, LedgerEntry, Wallet
+from wallet.models import CreditLot, Hold, LedgerEntry, Wallet, lot_burn_order
 
 Category = CreditLot.Category
 Kind = LedgerEntry.Kind
@@ -137,6 +137,37 @@ def _replayed_entry(key: str, *, wallet_id: int, kind: str, amount: int) -> Ledg
     if (entry.wallet_id, entry.kind, entry.amount) != (wallet_id, kind, amount):
         raise IdempotencyConflict(idempotency_key=key)
     return entry
+
+
+def _write_entry(
+    *,
+    wallet_id: int,
+    kind: str,
+    amount: int,
+    balance_after: int,
+    key: str,
+    reference: Ref,
+    now: dt.datetime,
+    lot_id: int | None = None,
+    actor_id: int | None = None,
+    reason: str = "",
+    corrects_id: int | None = None,
+) -> LedgerEntry:
+    """Append one entry. Callers hold the wallet's row lock, so ids follow balance order."""
+    return LedgerEntry.objects.create(
+        wallet_id=wallet_id,
+        kind=kind,
+        amount=amount,
+        balance_after=balance_after,
+        lot_id=lot_id,
+        reference_type=reference.type,
+        reference_id=reference.id,
+        actor_id=actor_id,
+        reason=reason,
+        corrects_id=corrects_id,
+        idempotency_key=key,
+        created_at=now,
+    )
 
 
 def _lock_wallet(wallet_id: int) -> Wallet:
@@ -242,18 +273,17 @@ def wallet_credit(
             ):
                 update["next_expiry_at"] = expires_at
             Wallet.objects.filter(pk=wallet_id).update(**update)
-            return LedgerEntry.objects.create(
+            return _write_entry(
                 wallet_id=wallet_id,
                 kind=kind,
                 amount=amount,
                 balance_after=locked.balance + amount,
-                lot=lot,
-                reference_type=reference.type,
-                reference_id=reference.id,
-                actor=actor,
+                key=key,
+                reference=reference,
+                now=now,
+                lot_id=lot.pk,
+                actor_id=getattr(actor, "pk", None),
                 reason=reason,
-                idempotency_key=key,
-                created_at=now,
             )
     except IntegrityError:
         replay = _replayed_entry(key, wallet_id=wallet_id, kind=kind, amount=amount)
@@ -298,13 +328,7 @@ def _settle_python(
         lots = (
             CreditLot.objects.select_for_update()
             .filter(_not_due(now), wallet_id=wallet_id, has_credits=True)
-            .order_by(
-                "priority",
-                F("expires_at").asc(nulls_last=True),
-                "category_rank",
-                "created_at",
-                "id",
-            )
+            .order_by(*lot_burn_order())
             .values_list("id", "remaining")
         )
         for lot_id, remaining in list(lots):
@@ -321,18 +345,17 @@ def _settle_python(
     balance_after = wallet.balance - charge
     entry_id = None
     if charge:
-        entry_id = LedgerEntry.objects.create(
+        entry_id = _write_entry(
             wallet_id=wallet_id,
             kind=kind,
             amount=-charge,
             balance_after=balance_after,
-            reference_type=reference.type,
-            reference_id=reference.id,
+            key=key,
+            reference=reference,
+            now=now,
             actor_id=actor_id,
             reason=reason,
             corrects_id=corrects_id,
-            idempotency_key=key,
-            created_at=now,
         ).pk
     # The capture recorded the full amount as charged; correct it only on a shortfall.
     if hold_id is not None and charge != amount:
@@ -778,28 +801,21 @@ def _expire_wallet_lots(*, wallet_id: int, now: dt.datetime) -> int:
         lots = list(
             CreditLot.objects.select_for_update()
             .filter(wallet_id=wallet_id, has_credits=True, expires_at__lte=now)
-            .order_by(
-                "priority",
-                F("expires_at").asc(nulls_last=True),
-                "category_rank",
-                "created_at",
-                "id",
-            )
+            .order_by(*lot_burn_order())
         )
         balance = wallet.balance
         for lot in lots:
             balance -= lot.remaining
             CreditLot.objects.filter(pk=lot.pk).update(remaining=0, expired_at=now)
-            LedgerEntry.objects.create(
+            _write_entry(
                 wallet_id=wallet_id,
                 kind=Kind.EXPIRY,
                 amount=-lot.remaining,
                 balance_after=balance,
-                lot=lot,
-                reference_type="wallet.creditlot",
-                reference_id=str(lot.pk),
-                idempotency_key=f"lot-expiry:{lot.pk}",
-                created_at=now,
+                key=f"lot-expiry:{lot.pk}",
+                reference=Ref.to(lot),
+                now=now,
+                lot_id=lot.pk,
             )
         next_expiry = CreditLot.objects.filter(
             wallet_id=wallet_id, has_credits=True, expires_at__isnull=False
@@ -956,18 +972,17 @@ def lots_reverse(
                 balance -= take
                 CreditLot.objects.filter(pk=lot_id).update(remaining=F("remaining") - take)
                 entries.append(
-                    LedgerEntry.objects.create(
+                    _write_entry(
                         wallet_id=wallet_id,
                         kind=kind,
                         amount=-take,
                         balance_after=balance,
+                        key=keys[lot_id],
+                        reference=reference,
+                        now=now,
                         lot_id=lot_id,
-                        reference_type=reference.type,
-                        reference_id=reference.id,
-                        actor=actor,
+                        actor_id=getattr(actor, "pk", None),
                         reason=reason,
-                        idempotency_key=keys[lot_id],
-                        created_at=now,
                     )
                 )
             Wallet.objects.filter(pk=wallet_id).update(balance=balance)
