@@ -69,3 +69,10 @@ ensure_redis() {
   for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return 0; sleep 1; done
   echo "Redis did not come up on 127.0.0.1:6379" >&2; return 1
 }
+
+# Browser tests drive Debian's Chromium through Playwright (Playwright's own browser
+# download needs the internet; the distribution package does not).
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then return 0; fi
+  apt_install chromium
+}

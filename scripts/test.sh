@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_venv requirements-dev.txt
 ensure_postgres
 ensure_redis
+ensure_chromium
 
 say "Lint, format and types"
 "$VENV/bin/ruff" check .
