@@ -222,8 +222,11 @@ class TopUpOrder(models.Model):
             models.CheckConstraint(condition=Q(bonus_micro__gte=0), name="order_bonus_gte_0"),
             models.CheckConstraint(
                 condition=Q(refunded_amount_minor__gte=0)
-                & Q(refunded_amount_minor__lte=models.F("amount_minor")),
-                name="order_refunded_within_amount",
+                & (
+                    Q(refunded_amount_minor__lte=models.F("amount_minor"))
+                    | Q(refunded_amount_minor__lte=models.F("paid_amount_minor"))
+                ),
+                name="order_refunded_within_received",
             ),
             models.CheckConstraint(
                 condition=Q(

@@ -515,9 +515,14 @@ def _reverse_credits(
     )
 
 
+def _received_minor(order: TopUpOrder) -> int:
+    """The money actually received (differs from the price only on a flagged order)."""
+    return order.amount_minor if order.paid_amount_minor is None else order.paid_amount_minor
+
+
 def _record_refunded(order: TopUpOrder, refund: Refund) -> None:
     order.refunded_amount_minor += refund.amount_minor
-    full = order.refunded_amount_minor >= order.amount_minor
+    full = order.refunded_amount_minor >= _received_minor(order)
     _transition(order, Status.REFUNDED if full else Status.PARTIALLY_REFUNDED)
     _after_commit("topup_refunded_followups", order.pk, refund.pk)
 
@@ -538,7 +543,7 @@ def _order_refunded_at_provider(
         ).aggregate(total=Sum("amount_minor"))["total"]
         or 0
     )
-    total = min(int(notice.refunded_total_minor or 0), order.amount_minor)
+    total = min(int(notice.refunded_total_minor or 0), _received_minor(order))
     extra = total - known
     if extra <= 0:
         return False, "The refund is already recorded."

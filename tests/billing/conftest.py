@@ -3,11 +3,13 @@ webhooks to the real endpoint signed the way Stripe signs them."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.apps import apps as django_apps
 from django.contrib.auth.models import Permission
 from django.test import Client
 
@@ -19,6 +21,14 @@ from tests.factories import UserFactory
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 WEBHOOK_URL = "/billing/webhooks/stripe/"
+
+
+@pytest.fixture(autouse=True)
+def _catalogue(db: None) -> None:
+    """The default packages and bonus rules of the data migration. Transactional tests
+    flush every table, so they are put back (idempotently) for each test."""
+    migration = importlib.import_module("billing.migrations.0002_default_packages_and_bonus_rules")
+    migration.create_defaults(django_apps, None)
 
 
 @pytest.fixture(scope="session")

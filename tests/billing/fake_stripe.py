@@ -83,6 +83,7 @@ class Injected:
     status: int
     body: dict[str, Any]
     remaining: int
+    after: bool = False  # the request is carried out, then the answer is lost
 
 
 @dataclass
@@ -169,12 +170,16 @@ class FakeStripe:
             self.requests.append((method, path, params))
             if headers.get("Authorization") != f"Bearer {self.api_key}":
                 return 401, StripeError(401, "Invalid API Key provided.").body, {}
+            lost = None
             for injected in self._injected:
                 if injected.method == method and path.startswith(injected.path_prefix):
                     injected.remaining -= 1
                     if injected.remaining <= 0:
                         self._injected.remove(injected)
-                    return injected.status, injected.body, {"Stripe-Should-Retry": "false"}
+                    if not injected.after:
+                        return injected.status, injected.body, {"Stripe-Should-Retry": "false"}
+                    lost = injected
+                    break
             key = headers.get("Idempotency-Key")
             if method == "POST" and key and key in self._idempotent:
                 seen_path, seen_params, status, body = self._idempotent[key]
@@ -193,6 +198,8 @@ class FakeStripe:
                 status, body = exc.status, exc.body
             if method == "POST" and key:
                 self._idempotent[key] = (path, params, status, body)
+            if lost is not None:
+                return lost.status, lost.body, {"Stripe-Should-Retry": "false"}
             return status, body, {}
 
     def route(self, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -487,8 +494,10 @@ class FakeStripe:
         type_: str = "api_error",
         code: str | None = None,
         count: int = 1,
+        after: bool = False,
     ) -> None:
-        """The next ``count`` matching requests get a Stripe error instead of an answer."""
+        """The next ``count`` matching requests get a Stripe error instead of an answer
+        (``after=True``: the request is carried out first, as when a response is lost)."""
         with self._lock:
             self._injected.append(
                 Injected(
@@ -497,6 +506,7 @@ class FakeStripe:
                     status,
                     StripeError(status, message, type_=type_, code=code).body,
                     count,
+                    after,
                 )
             )
 
