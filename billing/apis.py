@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from accounts import selectors as account_selectors
 from accounts.models import User
 from billing import pricing, selectors, services
-from billing.errors import TopUpNotAllowed
+from billing.errors import PaymentMethodUnavailable, TopUpNotAllowed
 from billing.models import Refund, TopUpOrder, TopUpPackage
 from billing.providers import provider_get
 from config.errors import RateLimited
@@ -51,9 +51,13 @@ def _quote_data(quote: pricing.Quote, package: TopUpPackage | None = None) -> di
 
 
 def _instructions(order: TopUpOrder) -> str:
+    """How to pay a pending order of a provider staff confirm (bank transfer details)."""
     if order.status != TopUpOrder.Status.PENDING:
         return ""
-    provider = provider_get(order.provider)
+    try:
+        provider = provider_get(order.provider)
+    except PaymentMethodUnavailable:  # a provider since removed from settings
+        return ""
     if provider.confirms_automatically:
         return ""
     return provider.checkout_start(order=order).instructions

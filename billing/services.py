@@ -60,7 +60,7 @@ from billing.providers import (
     provider_get,
 )
 from billing.providers.base import NoticeKind
-from config.errors import IdempotencyConflict, ValidationFailed
+from config.errors import ApplicationError, IdempotencyConflict, ValidationFailed
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
 from wallet.errors import IdempotencyKeyRequired, WalletClosed
@@ -369,7 +369,7 @@ def notice_apply(*, provider: str, notice: PaymentNotice, actor: Any = None) -> 
     elif kind == NoticeKind.REFUNDED:
         changed, note = _order_refunded_at_provider(order, notice=notice, now=now)
     elif kind in (NoticeKind.FAILED, NoticeKind.EXPIRED):
-        changed, note = False, f"The order is {order.status}; a {kind} notice changes nothing."
+        changed, note = False, f"The order is {order.status}; the {kind} notice changes nothing."
     else:
         changed, note = False, f"The payment is {kind}; nothing to do yet."
     order.save()
@@ -418,24 +418,8 @@ def _order_complete(order: TopUpOrder, *, now: dt.datetime) -> str:
     """Grant the frozen base and bonus credits, once, and complete the order."""
     reference = wallet_services.Ref.to(order)
     try:
-        paid = wallet_services.wallet_credit(
-            wallet=order.wallet_id,
-            amount=order.base_micro,
-            category=Category.PAID,
-            idempotency_key=f"topup:{order.order_no}:paid",
-            reference=reference,
-            now=now,
-        )
-        bonus = None
-        if order.bonus_micro:
-            bonus = wallet_services.wallet_credit(
-                wallet=order.wallet_id,
-                amount=order.bonus_micro,
-                category=Category.BONUS,
-                idempotency_key=f"topup:{order.order_no}:bonus",
-                reference=reference,
-                now=now,
-            )
+        with transaction.atomic():  # both lots or neither
+            paid, bonus = _grant_lots(order, reference=reference, now=now)
     except WalletClosed:
         return _flag(order, "The wallet is closed; no credits were granted.", now=now)
     order.paid_lot_id = paid.lot_id
@@ -445,6 +429,30 @@ def _order_complete(order: TopUpOrder, *, now: dt.datetime) -> str:
     order.failure_reason = ""
     _after_commit("topup_completed_followups", order.pk)
     return "Completed; credits granted."
+
+
+def _grant_lots(
+    order: TopUpOrder, *, reference: wallet_services.Ref, now: dt.datetime
+) -> tuple[LedgerEntry, LedgerEntry | None]:
+    paid = wallet_services.wallet_credit(
+        wallet=order.wallet_id,
+        amount=order.base_micro,
+        category=Category.PAID,
+        idempotency_key=f"topup:{order.order_no}:paid",
+        reference=reference,
+        now=now,
+    )
+    bonus = None
+    if order.bonus_micro:
+        bonus = wallet_services.wallet_credit(
+            wallet=order.wallet_id,
+            amount=order.bonus_micro,
+            category=Category.BONUS,
+            idempotency_key=f"topup:{order.order_no}:bonus",
+            reference=reference,
+            now=now,
+        )
+    return paid, bonus
 
 
 # --- Refunds --------------------------------------------------------------------------------
@@ -799,7 +807,10 @@ def webhook_event_process(*, event_id: int) -> WebhookResult:
                 else:
                     outcome = notice_apply(provider=provider.name, notice=notice)
         except Exception as exc:
-            logger.exception("Webhook event %s failed", event.event_id)
+            if isinstance(exc, ApplicationError):
+                logger.warning("Webhook event %s not applied: %s", event.event_id, exc)
+            else:
+                logger.exception("Webhook event %s failed", event.event_id)
             event.status = WebhookEvent.Status.FAILED
             event.error = f"{type(exc).__name__}: {exc}"[:2000]
         else:

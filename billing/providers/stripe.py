@@ -123,7 +123,9 @@ class StripeProvider(PaymentProvider):
 
     def checkout_start(self, *, order: TopUpOrder) -> CheckoutStart:
         success_url, cancel_url = self._urls(order)
-        expires_at = timezone.now() + dt.timedelta(minutes=settings.STRIPE_CHECKOUT_EXPIRY_MINUTES)
+        # Stripe accepts 30 minutes to 24 hours; keep a minute's margin at both ends.
+        minutes = min(max(settings.STRIPE_CHECKOUT_EXPIRY_MINUTES, 31), 24 * 60 - 1)
+        expires_at = timezone.now() + dt.timedelta(minutes=minutes)
         credits = money.format_credits(order.total_micro)
         name = f"{credits} credits"
         if order.bonus_micro:
@@ -196,7 +198,7 @@ class StripeProvider(PaymentProvider):
         refund = self._call(
             lambda client: client.v1.refunds.create(
                 params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": f"topup-refund-{idempotency_key}"},
+                options={"idempotency_key": f"topup-{idempotency_key}"},
             )
         )
         status = str(refund.get("status") or "pending")

@@ -315,3 +315,16 @@ def test_webhooks_are_refused_when_no_secret_is_configured(user, fake_stripe, se
     settings.STRIPE_WEBHOOK_SECRET = ""
     assert deliver(event).status_code == 400
     assert not WebhookEvent.objects.exists()
+
+
+def test_a_payment_into_a_closed_wallet_is_flagged_and_grants_nothing(user, fake_stripe) -> None:
+    from wallet import services as wallet_services
+
+    order = new_order(user, "100")
+    wallet = Wallet.objects.get(user=user)
+    wallet_services.wallet_set_status(wallet=wallet, status="closed")
+    assert deliver(fake_stripe.pay(order.provider_session_id)).status_code == 200
+    order.refresh_from_db()
+    assert order.status == "paid" and "wallet is closed" in order.flagged_reason
+    assert CreditLot.objects.filter(wallet=wallet).count() == 0
+    assert_ledger_ok(wallet)
