@@ -24,6 +24,7 @@ class TopUpPackageAdmin(admin.ModelAdmin):
     list_filter = ("kind", "is_active", "currency")
     search_fields = ("name", "code")
     prepopulated_fields = {"code": ("name",)}
+    readonly_fields = ("created_at", "updated_at")
 
     @admin.display(description="Price", ordering="amount_minor")
     def price(self, obj: TopUpPackage) -> str:

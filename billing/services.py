@@ -174,9 +174,7 @@ def topup_order_create(
     Idempotent per ``client_key`` (the caller's Idempotency-Key): the same key returns the
     same order and the same checkout; with different parameters it is refused. Must be
     called outside a transaction (the provider call is refused inside one)."""
-    client_key = (client_key or "").strip()
-    if len(client_key) > 200:
-        raise IdempotencyKeyRequired("The idempotency key is longer than 200 characters.")
+    client_key = _clean_key(client_key, required=False)
     provider = provider_for_method(payment_method)
     wallet = _wallet_for(user=user, organization=organization)
     quote, package = topup_quote(amount=amount, package_code=package_code, currency=currency)
@@ -419,11 +417,11 @@ def _order_complete(order: TopUpOrder, *, now: dt.datetime) -> str:
     reference = wallet_services.Ref.to(order)
     try:
         with transaction.atomic():  # both lots or neither
-            paid, bonus = _grant_lots(order, reference=reference, now=now)
+            granted = _grant_lots(order, reference=reference, now=now)
     except WalletClosed:
         return _flag(order, "The wallet is closed; no credits were granted.", now=now)
-    order.paid_lot_id = paid.lot_id
-    order.bonus_lot_id = bonus.lot_id if bonus is not None else None
+    order.paid_lot_id = granted[Category.PAID].lot_id
+    order.bonus_lot_id = granted[Category.BONUS].lot_id if Category.BONUS in granted else None
     _transition(order, Status.COMPLETED)
     order.completed_at = now
     order.failure_reason = ""
@@ -433,26 +431,23 @@ def _order_complete(order: TopUpOrder, *, now: dt.datetime) -> str:
 
 def _grant_lots(
     order: TopUpOrder, *, reference: wallet_services.Ref, now: dt.datetime
-) -> tuple[LedgerEntry, LedgerEntry | None]:
-    paid = wallet_services.wallet_credit(
-        wallet=order.wallet_id,
-        amount=order.base_micro,
-        category=Category.PAID,
-        idempotency_key=f"topup:{order.order_no}:paid",
-        reference=reference,
-        now=now,
-    )
-    bonus = None
-    if order.bonus_micro:
-        bonus = wallet_services.wallet_credit(
+) -> dict[str, LedgerEntry]:
+    """The paid lot and (if any) the bonus lot, keyed ``topup:<order_no>:<category>``."""
+    return {
+        category: wallet_services.wallet_credit(
             wallet=order.wallet_id,
-            amount=order.bonus_micro,
-            category=Category.BONUS,
-            idempotency_key=f"topup:{order.order_no}:bonus",
+            amount=amount,
+            category=category,
+            idempotency_key=f"topup:{order.order_no}:{category}",
             reference=reference,
             now=now,
         )
-    return paid, bonus
+        for category, amount in (
+            (Category.PAID, order.base_micro),
+            (Category.BONUS, order.bonus_micro),
+        )
+        if amount
+    }
 
 
 # --- Refunds --------------------------------------------------------------------------------
@@ -500,27 +495,45 @@ def _spread(lots: Iterable[CreditLot], amount: int) -> dict[int, int]:
     return takes
 
 
-def _reverse_credits(
+def _refund_write(
     *,
+    order: TopUpOrder,
     lots: Mapping[str, list[CreditLot]],
-    paid_micro: int,
-    bonus_micro: int,
-    refund: Refund,
+    credits: pricing.RefundCredits,
+    amount_minor: int,
+    key: str,
     actor: Any,
     reason: str,
-) -> list[LedgerEntry]:
-    takes = {**_spread(lots[Category.PAID], paid_micro)}
-    takes.update(_spread(lots[Category.BONUS], bonus_micro))
-    chosen = [lot for group in lots.values() for lot in group if lot.pk in takes]
-    return wallet_services.lots_reverse(
-        lots=chosen,
-        amounts=takes,
-        idempotency_key=f"topup-refund:{refund.pk}",
-        reference=wallet_services.Ref.to(refund),
-        kind=LedgerEntry.Kind.REFUND,
-        actor=actor,
-        reason=reason or f"Refund of top-up {refund.order.order_no}",
+    **fields: Any,
+) -> Refund:
+    """Record a refund and take its credits back (``lots_reverse``: the paid part from the
+    order's paid lots, the bonus part from its bonus lots, oldest first), in the caller's
+    transaction with the order locked."""
+    refund = Refund.objects.create(
+        order=order,
+        idempotency_key=key,
+        amount_minor=amount_minor,
+        currency=order.currency,
+        paid_micro=credits.paid_micro,
+        bonus_micro=credits.bonus_micro,
+        shortfall_micro=credits.shortfall_micro,
+        reason=reason[:2000],
+        requested_by=actor,
+        **fields,
     )
+    takes = _spread(lots[Category.PAID], credits.paid_micro)
+    takes.update(_spread(lots[Category.BONUS], credits.bonus_micro))
+    if takes:
+        wallet_services.lots_reverse(
+            lots=[lot for group in lots.values() for lot in group if lot.pk in takes],
+            amounts=takes,
+            idempotency_key=f"topup-refund:{refund.pk}",
+            reference=wallet_services.Ref.to(refund),
+            kind=LedgerEntry.Kind.REFUND,
+            actor=actor,
+            reason=reason or f"Refund of top-up {order.order_no}",
+        )
+    return refund
 
 
 def _received_minor(order: TopUpOrder) -> int:
@@ -558,28 +571,18 @@ def _order_refunded_at_provider(
     lots = _order_lots(order)
     position = _refund_position(order, lots)
     credits = pricing.refund_credits(position, amount_minor=extra)
-    refund = Refund.objects.create(
+    refund = _refund_write(
         order=order,
-        idempotency_key=f"provider-refund:{order.order_no}:{total}",
+        lots=lots,
+        credits=credits,
         amount_minor=extra,
-        currency=order.currency,
-        paid_micro=credits.paid_micro,
-        bonus_micro=credits.bonus_micro,
-        shortfall_micro=credits.shortfall_micro,
+        key=f"provider-refund:{order.order_no}:{total}",
+        actor=None,
+        reason=f"Refunded at the payment provider (order {order.order_no}).",
         status=Refund.Status.SUCCEEDED,
         source=Refund.Source.PROVIDER,
-        reason="Refunded at the payment provider.",
         completed_at=now,
     )
-    if credits.paid_micro or credits.bonus_micro:
-        _reverse_credits(
-            lots=lots,
-            paid_micro=credits.paid_micro,
-            bonus_micro=credits.bonus_micro,
-            refund=refund,
-            actor=None,
-            reason=f"Refunded at the payment provider (order {order.order_no})",
-        )
     if credits.shortfall_micro:
         _flag(
             order,
@@ -591,9 +594,10 @@ def _order_refunded_at_provider(
     return True, f"Recorded a refund of {pricing.format_minor(extra)} made at the provider."
 
 
-def _require_refund_key(key: str | None) -> str:
+def _clean_key(key: str | None, *, required: bool) -> str:
+    """A caller's idempotency key: stripped, at most 200 characters, maybe required."""
     key = (key or "").strip()
-    if not key:
+    if required and not key:
         raise IdempotencyKeyRequired()
     if len(key) > 200:
         raise IdempotencyKeyRequired("The idempotency key is longer than 200 characters.")
@@ -627,7 +631,7 @@ def refund_create(
     policy); a refund larger than the unused part is refused with
     ``refund_exceeds_refundable`` and changes nothing. Idempotent per key: a retry returns
     the first refund (and finishes it if it was interrupted)."""
-    key = _require_refund_key(idempotency_key)
+    key = _clean_key(idempotency_key, required=True)
     if actor is None or not actor.has_perm("billing.refund_topuporder"):
         raise TopUpNotAllowed("Refunds require the billing refund permission.")
     if amount_minor is not None and (isinstance(amount_minor, bool) or amount_minor <= 0):
@@ -652,25 +656,16 @@ def refund_create(
                     currency=locked.currency,
                 )
             credits = pricing.refund_credits(position, amount_minor=amount)
-            refund = Refund.objects.create(
+            refund = _refund_write(
                 order=locked,
-                idempotency_key=key,
-                amount_minor=amount,
-                currency=locked.currency,
-                paid_micro=credits.paid_micro,
-                bonus_micro=credits.bonus_micro,
-                status=Refund.Status.PENDING,
-                source=source,
-                reason=reason[:2000],
-                requested_by=actor,
-            )
-            _reverse_credits(
                 lots=lots,
-                paid_micro=credits.paid_micro,
-                bonus_micro=credits.bonus_micro,
-                refund=refund,
+                credits=credits,
+                amount_minor=amount,
+                key=key,
                 actor=actor,
                 reason=reason,
+                status=Refund.Status.PENDING,
+                source=source,
             )
     except IntegrityError:
         existing = Refund.objects.filter(idempotency_key=key).first()

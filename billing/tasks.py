@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from smtplib import SMTPException
+from typing import Any
 
 from celery import shared_task
 
@@ -23,25 +24,23 @@ def reconcile_payments(older_than_minutes: int | None = None) -> str:
     return report.summary()
 
 
-@shared_task(
-    soft_time_limit=30,
-    time_limit=60,
-    autoretry_for=(SMTPException, OSError),
-    retry_backoff=True,
-    max_retries=5,
-)
+# Emails: short, retried with backoff when the mail server is unreachable.
+_FOLLOWUP: dict[str, Any] = {
+    "soft_time_limit": 30,
+    "time_limit": 60,
+    "autoretry_for": (SMTPException, OSError),
+    "retry_backoff": True,
+    "max_retries": 5,
+}
+
+
+@shared_task(**_FOLLOWUP)
 def topup_completed_followups(order_id: int) -> None:
     """After a top-up completes: the customer's receipt. (Invite rewards hook in here.)"""
     services.topup_receipt_send(order_id=order_id)
 
 
-@shared_task(
-    soft_time_limit=30,
-    time_limit=60,
-    autoretry_for=(SMTPException, OSError),
-    retry_backoff=True,
-    max_retries=5,
-)
+@shared_task(**_FOLLOWUP)
 def topup_refunded_followups(order_id: int, refund_id: int) -> None:
     """After a refund succeeds: the customer's confirmation. (Reward reversals hook in
     here.)"""

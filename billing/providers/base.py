@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -63,7 +63,6 @@ class PaymentNotice:
     currency: str = ""
     failure_reason: str = ""
     refunded_total_minor: int | None = None
-    refund_ids: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -248,12 +249,9 @@ class StripeProvider(PaymentProvider):
         ):
             return self._session_notice(obj)
         if kind == "checkout.session.async_payment_failed":
-            notice = self._session_notice(obj)
-            return PaymentNotice(
+            return replace(
+                self._session_notice(obj),
                 kind=NoticeKind.FAILED,
-                order_no=notice.order_no,
-                session_id=notice.session_id,
-                payment_id=notice.payment_id,
                 failure_reason="The bank payment failed.",
             )
         if kind == "payment_intent.payment_failed":
@@ -267,7 +265,6 @@ class StripeProvider(PaymentProvider):
                 failure_reason=str(error.get("message") or error.get("code") or "Payment failed"),
             )
         if kind == "charge.refunded":
-            refunds = (obj.get("refunds") or {}).get("data") or []
             return PaymentNotice(
                 kind=NoticeKind.REFUNDED,
                 order_no=_metadata_order(obj),
@@ -275,7 +272,6 @@ class StripeProvider(PaymentProvider):
                 amount_minor=obj.get("amount"),
                 currency=str(obj.get("currency") or ""),
                 refunded_total_minor=int(obj.get("amount_refunded") or 0),
-                refund_ids=tuple(str(r["id"]) for r in refunds if isinstance(r, Mapping)),
             )
         return None
 
