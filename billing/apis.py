@@ -4,12 +4,20 @@ render. Only the caller's own orders are ever visible."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import BasePermission, IsAuthenticated
@@ -33,20 +41,48 @@ def credits_text(micro: int) -> str:
     return format(money.micro_to_credits(micro).normalize(), "f")
 
 
+@extend_schema_field(OpenApiTypes.STR)
+class MoneyField(serializers.Field):
+    """Minor units as a decimal string of major units: ``10000`` -> ``"100.00"``."""
+
+    def to_representation(self, value: int) -> str:
+        return pricing.format_minor(value)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class CreditsField(serializers.Field):
+    """µcr as an exact decimal string of credits: ``103000000`` -> ``"103"``."""
+
+    def to_representation(self, value: int) -> str:
+        return credits_text(value)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class DecimalTextField(serializers.Field):
+    def to_representation(self, value: Decimal) -> str:
+        return format(Decimal(value).normalize(), "f")
+
+
+class QuoteOutputSerializer(serializers.Serializer):
+    package = serializers.CharField(allow_null=True)
+    amount = MoneyField(source="amount_minor")
+    amount_minor = serializers.IntegerField()
+    currency = serializers.CharField()
+    base_micro = serializers.IntegerField()
+    bonus_micro = serializers.IntegerField()
+    total_micro = serializers.IntegerField()
+    base_credits = CreditsField(source="base_micro")
+    bonus_credits = CreditsField(source="bonus_micro")
+    total_credits = CreditsField(source="total_micro")
+    bonus_percent = DecimalTextField()
+    credits_per_usd = DecimalTextField()
+
+
 def _quote_data(quote: pricing.Quote, package: TopUpPackage | None = None) -> dict[str, Any]:
     return {
-        "package": package.code if package is not None else None,
-        "amount": pricing.format_minor(quote.amount_minor),
-        "amount_minor": quote.amount_minor,
-        "currency": quote.currency,
-        "base_micro": quote.base_micro,
-        "bonus_micro": quote.bonus_micro,
+        **asdict(quote),
         "total_micro": quote.total_micro,
-        "base_credits": credits_text(quote.base_micro),
-        "bonus_credits": credits_text(quote.bonus_micro),
-        "total_credits": credits_text(quote.total_micro),
-        "bonus_percent": format(quote.bonus_percent.normalize(), "f"),
-        "credits_per_usd": format(Decimal(quote.credits_per_usd).normalize(), "f"),
+        "package": package.code if package is not None else None,
     }
 
 
@@ -66,40 +102,47 @@ def _instructions(order: TopUpOrder) -> str:
 class OrderOutputSerializer(serializers.Serializer):
     """One order as its owner sees it (shared by every order endpoint)."""
 
-    def to_representation(self, order: TopUpOrder) -> dict[str, Any]:
+    order_no = serializers.CharField()
+    status = serializers.ChoiceField(choices=TopUpOrder.Status.choices)
+    under_review = serializers.BooleanField(
+        source="is_flagged", help_text="Paid, but held for staff review; no credits yet."
+    )
+    payment_method = serializers.CharField()
+    provider = serializers.CharField()
+    package = serializers.CharField(source="package.code", allow_null=True)
+    amount = MoneyField(source="amount_minor")
+    amount_minor = serializers.IntegerField()
+    currency = serializers.CharField()
+    base_micro = serializers.IntegerField()
+    bonus_micro = serializers.IntegerField()
+    total_micro = serializers.IntegerField()
+    base_credits = CreditsField(source="base_micro")
+    bonus_credits = CreditsField(source="bonus_micro")
+    total_credits = CreditsField(source="total_micro")
+    bonus_percent = DecimalTextField()
+    credits_added_micro = serializers.SerializerMethodField()
+    refunded_amount = MoneyField(source="refunded_amount_minor")
+    refunded_amount_minor = serializers.IntegerField()
+    failure_reason = serializers.CharField()
+    checkout_url = serializers.SerializerMethodField()
+    checkout_expires_at = serializers.DateTimeField(allow_null=True)
+    instructions = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    paid_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    closed_at = serializers.DateTimeField(allow_null=True)
+
+    def get_credits_added_micro(self, order: TopUpOrder) -> int:
+        return order.total_micro if order.paid_lot_id is not None else 0
+
+    def get_checkout_url(self, order: TopUpOrder) -> str:
         payable = order.status in TopUpOrder.OPEN_STATUSES and (
             order.checkout_expires_at is None or order.checkout_expires_at > timezone.now()
         )
-        granted = order.paid_lot_id is not None
-        return {
-            "order_no": order.order_no,
-            "status": order.status,
-            "under_review": order.is_flagged,
-            "payment_method": order.payment_method,
-            "provider": order.provider,
-            "package": order.package.code if order.package_id and order.package else None,
-            "amount": pricing.format_minor(order.amount_minor),
-            "amount_minor": order.amount_minor,
-            "currency": order.currency,
-            "base_micro": order.base_micro,
-            "bonus_micro": order.bonus_micro,
-            "total_micro": order.total_micro,
-            "base_credits": credits_text(order.base_micro),
-            "bonus_credits": credits_text(order.bonus_micro),
-            "total_credits": credits_text(order.total_micro),
-            "bonus_percent": format(order.bonus_percent.normalize(), "f"),
-            "credits_added_micro": order.total_micro if granted else 0,
-            "refunded_amount": pricing.format_minor(order.refunded_amount_minor),
-            "refunded_amount_minor": order.refunded_amount_minor,
-            "failure_reason": order.failure_reason,
-            "checkout_url": order.checkout_url if payable else "",
-            "checkout_expires_at": order.checkout_expires_at,
-            "instructions": _instructions(order),
-            "created_at": order.created_at,
-            "paid_at": order.paid_at,
-            "completed_at": order.completed_at,
-            "closed_at": order.closed_at,
-        }
+        return order.checkout_url if payable else ""
+
+    def get_instructions(self, order: TopUpOrder) -> str:
+        return _instructions(order)
 
 
 class TopUpQuoteApi(APIView):
@@ -111,6 +154,11 @@ class TopUpQuoteApi(APIView):
         package = serializers.CharField(required=False, allow_blank=True, max_length=40)
         currency = serializers.CharField(required=False, allow_blank=True, max_length=8)
 
+    @extend_schema(
+        operation_id="topups_quote",
+        parameters=[InputSerializer],
+        responses=QuoteOutputSerializer,
+    )
     def get(self, request: Request) -> Response:
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
@@ -120,51 +168,60 @@ class TopUpQuoteApi(APIView):
             package_code=data.get("package"),
             currency=data.get("currency"),
         )
-        return Response(_quote_data(quote, package))
+        return Response(QuoteOutputSerializer(_quote_data(quote, package)).data)
+
+
+class PackageOutputSerializer(QuoteOutputSerializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=TopUpPackage.Kind.choices)
+    description = serializers.CharField()
+
+
+class BonusRuleOutputSerializer(serializers.Serializer):
+    min_amount = MoneyField(source="min_amount_minor")
+    max_amount = MoneyField(source="max_amount_minor", allow_null=True)
+    percent = DecimalTextField()
+
+
+class CatalogueOutputSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    custom_amount = inline_serializer(
+        "CustomAmountBounds", {"minimum": MoneyField(), "maximum": MoneyField()}
+    )
+    packages = PackageOutputSerializer(many=True)
+    amounts = PackageOutputSerializer(many=True)
+    bonus_rules = BonusRuleOutputSerializer(many=True)
 
 
 class TopUpPackageListApi(APIView):
     """``GET /api/v1/topups/packages``: presets with their quotes, the custom amount bounds
     and the bonus table, for the top-up page."""
 
+    @extend_schema(operation_id="topups_packages", responses=CatalogueOutputSerializer)
     def get(self, request: Request) -> Response:
         currency = pricing.billing_currency()
-        packages = []
-        for package in selectors.package_list_active(currency=currency):
-            quote = pricing.quote(amount_minor=package.amount_minor, currency=currency)
-            packages.append(
-                {
-                    "code": package.code,
-                    "name": package.name,
-                    "kind": package.kind,
-                    "description": package.description,
-                    **_quote_data(quote, package),
-                }
-            )
-        rules = [
+        presets = [
             {
-                "min_amount": pricing.format_minor(rule.min_amount_minor),
-                "max_amount": (
-                    pricing.format_minor(rule.max_amount_minor)
-                    if rule.max_amount_minor is not None
-                    else None
-                ),
-                "percent": format(rule.percent.normalize(), "f"),
+                **_quote_data(pricing.quote(amount_minor=p.amount_minor, currency=currency), p),
+                "code": p.code,
+                "name": p.name,
+                "kind": p.kind,
+                "description": p.description,
             }
-            for rule in selectors.bonus_rule_list_active(currency=currency)
+            for p in selectors.package_list_active(currency=currency)
         ]
-        return Response(
-            {
-                "currency": currency,
-                "custom_amount": {
-                    "minimum": pricing.format_minor(pricing.limit_minor("min")),
-                    "maximum": pricing.format_minor(pricing.limit_minor("max")),
-                },
-                "packages": [p for p in packages if p["kind"] == TopUpPackage.Kind.PACKAGE],
-                "amounts": [p for p in packages if p["kind"] == TopUpPackage.Kind.AMOUNT],
-                "bonus_rules": rules,
-            }
-        )
+        catalogue = {
+            "currency": currency,
+            "custom_amount": {
+                "minimum": pricing.limit_minor("min"),
+                "maximum": pricing.limit_minor("max"),
+            },
+            "packages": [p for p in presets if p["kind"] == TopUpPackage.Kind.PACKAGE],
+            "amounts": [p for p in presets if p["kind"] == TopUpPackage.Kind.AMOUNT],
+            "bonus_rules": selectors.bonus_rule_list_active(currency=currency),
+        }
+        return Response(CatalogueOutputSerializer(catalogue).data)
 
 
 def _parse_moment(value: str, field: str) -> dt.datetime:
@@ -184,6 +241,14 @@ def _parse_moment(value: str, field: str) -> dt.datetime:
 class _Pagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 200
+
+
+_IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="A retry with the same key returns the first result instead of repeating it.",
+)
 
 
 def create_window() -> Window:
@@ -221,6 +286,23 @@ class TopUpOrdersApi(APIView):
         )
         organization = serializers.CharField(required=False, allow_blank=True, max_length=80)
 
+    @extend_schema(
+        operation_id="topups_list",
+        parameters=[
+            FilterSerializer,
+            OpenApiParameter("limit", int, description="At most 200; default 50."),
+            OpenApiParameter("offset", int),
+        ],
+        responses=inline_serializer(
+            "TopUpOrderPage",
+            {
+                "count": serializers.IntegerField(),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": OrderOutputSerializer(many=True),
+            },
+        ),
+    )
     def get(self, request: Request) -> Response:
         user = request.user
         params = self.FilterSerializer(data=request.query_params)
@@ -244,6 +326,12 @@ class TopUpOrdersApi(APIView):
         page = paginator.paginate_queryset(orders, request, view=self)
         return paginator.get_paginated_response(OrderOutputSerializer(page, many=True).data)
 
+    @extend_schema(
+        operation_id="topups_create",
+        parameters=[_IDEMPOTENCY_KEY],
+        request=CreateInputSerializer,
+        responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
+    )
     def post(self, request: Request) -> Response:
         user = request.user
         assert isinstance(user, User)  # IsAuthenticated
@@ -284,6 +372,7 @@ class TopUpOrderDetailApi(APIView):
     """``GET /api/v1/topups/{order_no}``: one of the caller's orders (the return page polls
     it for the live status)."""
 
+    @extend_schema(operation_id="topups_retrieve", responses=OrderOutputSerializer)
     def get(self, request: Request, order_no: str) -> Response:
         order = selectors.topup_order_get(order_no=order_no, user=request.user)
         return Response(OrderOutputSerializer(order).data)
@@ -292,6 +381,7 @@ class TopUpOrderDetailApi(APIView):
 class TopUpOrderCancelApi(APIView):
     """``POST /api/v1/topups/{order_no}/cancel``: give up an unpaid order."""
 
+    @extend_schema(operation_id="topups_cancel", request=None, responses=OrderOutputSerializer)
     def post(self, request: Request, order_no: str) -> Response:
         order = selectors.topup_order_get(order_no=order_no, user=request.user)
         order = services.order_cancel(order=order)
@@ -312,24 +402,22 @@ class CanRefund(BasePermission):
 
 
 class RefundOutputSerializer(serializers.Serializer):
-    def to_representation(self, refund: Refund) -> dict[str, Any]:
-        return {
-            "id": refund.pk,
-            "order_no": refund.order.order_no,
-            "order_status": refund.order.status,
-            "status": refund.status,
-            "source": refund.source,
-            "amount": pricing.format_minor(refund.amount_minor),
-            "amount_minor": refund.amount_minor,
-            "currency": refund.currency,
-            "paid_micro": refund.paid_micro,
-            "bonus_micro": refund.bonus_micro,
-            "credits_micro": refund.credits_micro,
-            "provider_refund_id": refund.provider_refund_id,
-            "reason": refund.reason,
-            "created_at": refund.created_at,
-            "completed_at": refund.completed_at,
-        }
+    id = serializers.IntegerField()
+    order_no = serializers.CharField(source="order.order_no")
+    order_status = serializers.CharField(source="order.status")
+    status = serializers.ChoiceField(choices=Refund.Status.choices)
+    # A declared field named like Field.source (the metaclass moves it out of the class).
+    source = serializers.ChoiceField(choices=Refund.Source.choices)  # type: ignore[assignment]
+    amount = MoneyField(source="amount_minor")
+    amount_minor = serializers.IntegerField()
+    currency = serializers.CharField()
+    paid_micro = serializers.IntegerField()
+    bonus_micro = serializers.IntegerField()
+    credits_micro = serializers.IntegerField()
+    provider_refund_id = serializers.CharField(allow_null=True)
+    reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
 
 
 class TopUpRefundCreateApi(APIView):
@@ -343,6 +431,12 @@ class TopUpRefundCreateApi(APIView):
         reason = serializers.CharField(max_length=2000)
         idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
+    @extend_schema(
+        operation_id="topups_refund_create",
+        parameters=[_IDEMPOTENCY_KEY],
+        request=InputSerializer,
+        responses={201: RefundOutputSerializer, 200: RefundOutputSerializer},
+    )
     def post(self, request: Request, order_no: str) -> Response:
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)

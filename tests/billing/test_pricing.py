@@ -172,3 +172,18 @@ def test_quote_api_requires_log_in() -> None:
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "not_authenticated"
     assert not TopUpOrder.objects.exists()
+
+
+def test_the_openapi_schema_documents_the_top_up_endpoints(user) -> None:
+    schema = api(user).get("/api/schema/", {"format": "json"}).json()
+    for path in (
+        "/api/v1/topups",
+        "/api/v1/topups/quote",
+        "/api/v1/topups/packages",
+        "/api/v1/topups/{order_no}",
+        "/api/v1/topups/{order_no}/cancel",
+        "/api/v1/topups/{order_no}/refunds",
+    ):
+        assert path in schema["paths"], path
+    order = schema["components"]["schemas"]["OrderOutput"]["properties"]
+    assert {"order_no", "status", "checkout_url", "credits_added_micro"} <= set(order)
