@@ -18,6 +18,7 @@ from billing import services
 from billing.models import TopUpOrder
 from tests.billing.fake_stripe import FakeStripe, sign
 from tests.factories import UserFactory
+from wallet.verify import wallet_verify
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 WEBHOOK_URL = "/billing/webhooks/stripe/"
@@ -29,6 +30,14 @@ def _catalogue(db: None) -> None:
     flush every table, so they are put back (idempotently) for each test."""
     migration = importlib.import_module("billing.migrations.0002_default_packages_and_bonus_rules")
     migration.create_defaults(django_apps, None)
+
+
+@pytest.fixture(autouse=True)
+def _ledger_stays_clean(_catalogue: None) -> Iterator[None]:
+    """Every billing test ends with every wallet passing every ledger invariant."""
+    yield
+    violations = wallet_verify()
+    assert violations == [], "\n".join(map(str, violations))
 
 
 @pytest.fixture(scope="session")
