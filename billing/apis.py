@@ -63,8 +63,9 @@ class DecimalTextField(serializers.Field):
         return format(Decimal(value).normalize(), "f")
 
 
-class QuoteOutputSerializer(serializers.Serializer):
-    package = serializers.CharField(allow_null=True)
+class CreditsBreakdownSerializer(serializers.Serializer):
+    """What is paid and what it buys: shared by quotes, presets and orders."""
+
     amount = MoneyField(source="amount_minor")
     amount_minor = serializers.IntegerField()
     currency = serializers.CharField()
@@ -75,6 +76,10 @@ class QuoteOutputSerializer(serializers.Serializer):
     bonus_credits = CreditsField(source="bonus_micro")
     total_credits = CreditsField(source="total_micro")
     bonus_percent = DecimalTextField()
+
+
+class QuoteOutputSerializer(CreditsBreakdownSerializer):
+    package = serializers.CharField(allow_null=True)
     credits_per_usd = DecimalTextField()
 
 
@@ -99,7 +104,7 @@ def _instructions(order: TopUpOrder) -> str:
     return provider.checkout_start(order=order).instructions
 
 
-class OrderOutputSerializer(serializers.Serializer):
+class OrderOutputSerializer(CreditsBreakdownSerializer):
     """One order as its owner sees it (shared by every order endpoint)."""
 
     order_no = serializers.CharField()
@@ -110,16 +115,6 @@ class OrderOutputSerializer(serializers.Serializer):
     payment_method = serializers.CharField()
     provider = serializers.CharField()
     package = serializers.CharField(source="package.code", allow_null=True)
-    amount = MoneyField(source="amount_minor")
-    amount_minor = serializers.IntegerField()
-    currency = serializers.CharField()
-    base_micro = serializers.IntegerField()
-    bonus_micro = serializers.IntegerField()
-    total_micro = serializers.IntegerField()
-    base_credits = CreditsField(source="base_micro")
-    bonus_credits = CreditsField(source="bonus_micro")
-    total_credits = CreditsField(source="total_micro")
-    bonus_percent = DecimalTextField()
     credits_added_micro = serializers.SerializerMethodField()
     refunded_amount = MoneyField(source="refunded_amount_minor")
     refunded_amount_minor = serializers.IntegerField()
