@@ -183,6 +183,53 @@ WALLET_HOLD_TTL_SECONDS = env.int("WALLET_HOLD_TTL_SECONDS", default=900)
 # Run the settle step as a PL/pgSQL call on PostgreSQL (False runs the portable Python path).
 WALLET_PG_FUNCTIONS = env.bool("WALLET_PG_FUNCTIONS", default=True)
 
+# --- Top-ups and payments (billing) -----------------------------------------------------
+# The currency customers pay in (ISO 4217, lower case as Stripe has it). Amounts are integer
+# minor units (cents); only two-decimal currencies are supported, and each currency unit buys
+# CREDITS_PER_USD credits.
+BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd").lower()
+# Bounds of a custom top-up amount, in major units of BILLING_CURRENCY (presets and packages
+# are set by staff in the admin and are not bound by these).
+TOPUP_MIN_AMOUNT = Decimal(env.str("TOPUP_MIN_AMOUNT", default="5.00"))
+TOPUP_MAX_AMOUNT = Decimal(env.str("TOPUP_MAX_AMOUNT", default="10000.00"))
+# Order creation per user per hour (each one opens a Stripe Checkout Session).
+TOPUP_CREATE_LIMIT = env.int("TOPUP_CREATE_LIMIT", default=30)
+TOPUP_CREATE_WINDOW_SECONDS = env.int("TOPUP_CREATE_WINDOW_SECONDS", default=3600)
+# Payment providers by name; a new provider is one more class here (billing/providers/).
+BILLING_PROVIDERS = {
+    "stripe": "billing.providers.stripe.StripeProvider",
+    "manual": "billing.providers.manual.ManualProvider",
+}
+# Bank transfer confirmed by staff in the admin; the customer sees these instructions.
+BILLING_MANUAL_PAYMENTS_ENABLED = env.bool("BILLING_MANUAL_PAYMENTS_ENABLED", default=True)
+BILLING_MANUAL_INSTRUCTIONS = env.str(
+    "BILLING_MANUAL_INSTRUCTIONS",
+    default="Transfer {amount} {currency} to the account on your invoice, quoting {order_no}.",
+)
+# Manual orders nobody paid are cancelled after this many days.
+BILLING_MANUAL_ORDER_TTL_DAYS = env.int("BILLING_MANUAL_ORDER_TTL_DAYS", default=14)
+# Reconciliation asks the provider about orders still pending after this many minutes.
+BILLING_RECONCILE_AFTER_MINUTES = env.int("BILLING_RECONCILE_AFTER_MINUTES", default=15)
+BILLING_RECONCILE_BATCH_SIZE = env.int("BILLING_RECONCILE_BATCH_SIZE", default=200)
+# A stored webhook event whose processing failed is retried this many times in all.
+BILLING_WEBHOOK_MAX_ATTEMPTS = env.int("BILLING_WEBHOOK_MAX_ATTEMPTS", default=10)
+
+# Stripe: keys from the dashboard (Developers -> API keys / Webhooks). STRIPE_API_BASE is
+# only for pointing the official client at a local fake (tests) or a proxy.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+STRIPE_TIMEOUT_SECONDS = env.int("STRIPE_TIMEOUT_SECONDS", default=20)
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+# How long a Checkout Session stays payable (Stripe allows 30 minutes to 24 hours).
+STRIPE_CHECKOUT_EXPIRY_MINUTES = env.int("STRIPE_CHECKOUT_EXPIRY_MINUTES", default=60)
+
+CELERY_BEAT_SCHEDULE["billing-reconcile-payments"] = {
+    "task": "billing.tasks.reconcile_payments",
+    "schedule": 300.0,
+}
+
 # --- Abuse limits ---------------------------------------------------------------------
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
 LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=900)
@@ -193,4 +240,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # One INFO line per HTTP call from the Stripe client is noise; failures are logged by
+    # billing.providers at WARNING/ERROR.
+    "loggers": {
+        "stripe": {"level": env("STRIPE_LOG_LEVEL", default="WARNING")},
+        "httpx": {"level": "WARNING"},
+    },
 }

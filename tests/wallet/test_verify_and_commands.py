@@ -10,6 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from billing.models import TopUpOrder
 from tests.helpers import assert_ledger_ok, credit, micro, refresh
 from wallet import services
 from wallet.models import CreditLot, Hold, LedgerEntry, Wallet
@@ -155,7 +156,8 @@ def test_seed_demo_is_repeatable_and_leaves_a_clean_ledger() -> None:
     call_command("seed_demo", "--quiet")
     call_command("seed_demo", "--quiet")
     demo = User.objects.get(email="demo@example.com")
-    assert refresh(Wallet.objects.get(user=demo)).balance == micro("30")
+    demo_topup = TopUpOrder.objects.get(user=demo)  # billing's demo order, completed once
+    assert refresh(Wallet.objects.get(user=demo)).balance == micro("30") + demo_topup.total_micro
     org = Organization.objects.get(slug="demo-team")
     assert refresh(Wallet.objects.get(organization=org)).balance == micro("200")
     assert org.memberships.count() == 2

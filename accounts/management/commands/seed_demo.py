@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from accounts import selectors, services
 from accounts.models import Organization
+from billing.demo import billing_demo_seed
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
@@ -76,6 +77,7 @@ class Command(BaseCommand):
             reference=source,
             reason="Demo data",
         )
+        billing_demo_seed(user=demo, staff=selectors.user_get_by_email(email=STAFF_EMAIL))
         if not options["quiet"]:
             self.stdout.write(
                 self.style.SUCCESS(

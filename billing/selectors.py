@@ -1,0 +1,70 @@
+"""Reads of the billing app. Other apps (referrals, the console) read top-ups only here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db.models import QuerySet
+
+from billing.errors import TopUpOrderNotFound
+from billing.models import BonusRule, Refund, TopUpOrder, TopUpPackage
+
+
+def user_has_completed_topup(*, user: Any) -> bool:
+    """Whether the user has paid for at least one top-up that completed and was not fully
+    refunded (what an invite reward waits for)."""
+    return TopUpOrder.objects.filter(
+        user=user,
+        status__in=[TopUpOrder.Status.COMPLETED, TopUpOrder.Status.PARTIALLY_REFUNDED],
+    ).exists()
+
+
+def topup_order_get(*, order_no: str, user: Any = None) -> TopUpOrder:
+    """One order by its number; with ``user``, only if it is theirs (anything else is
+    reported as not found, so order numbers of other customers reveal nothing)."""
+    orders = TopUpOrder.objects.select_related("package", "wallet")
+    if user is not None:
+        orders = orders.filter(user=user)
+    order = orders.filter(order_no=str(order_no)[:24]).first()
+    if order is None:
+        raise TopUpOrderNotFound(order_no=str(order_no)[:24])
+    return order
+
+
+def topup_order_get_by_id(*, order_id: int) -> TopUpOrder | None:
+    return TopUpOrder.objects.select_related("user", "wallet").filter(pk=order_id).first()
+
+
+def topup_order_list_for_user(
+    *,
+    user: Any,
+    status: str | list[str] | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+) -> QuerySet[TopUpOrder]:
+    """The user's orders, newest first; ``created_after`` inclusive, ``created_before``
+    exclusive."""
+    orders = TopUpOrder.objects.filter(user=user).select_related("package")
+    if status:
+        orders = orders.filter(status__in=[status] if isinstance(status, str) else status)
+    if created_after is not None:
+        orders = orders.filter(created_at__gte=created_after)
+    if created_before is not None:
+        orders = orders.filter(created_at__lt=created_before)
+    return orders.order_by("-created_at", "-id")
+
+
+def refund_list_for_order(*, order: TopUpOrder) -> QuerySet[Refund]:
+    return Refund.objects.filter(order=order).order_by("created_at", "id")
+
+
+def package_list_active(*, currency: str | None = None) -> QuerySet[TopUpPackage]:
+    packages = TopUpPackage.objects.filter(is_active=True)
+    if currency:
+        packages = packages.filter(currency=currency)
+    return packages.order_by("kind", "sort_order", "amount_minor")
+
+
+def bonus_rule_list_active(*, currency: str) -> QuerySet[BonusRule]:
+    return BonusRule.objects.filter(currency=currency, is_active=True).order_by("min_amount_minor")

@@ -1,0 +1,47 @@
+"""Background work of the billing app. Tasks take ids, are idempotent and time-limited, and
+are enqueued after the transaction that made them necessary commits."""
+
+from __future__ import annotations
+
+import logging
+from smtplib import SMTPException
+from typing import Any
+
+from celery import shared_task
+
+from billing import services
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(soft_time_limit=240, time_limit=300, acks_late=True)
+def reconcile_payments(older_than_minutes: int | None = None) -> str:
+    """Beat, every 5 minutes: settle orders, events and refunds webhooks missed."""
+    report = services.payments_reconcile(
+        older_than_minutes=older_than_minutes, time_budget_seconds=200
+    )
+    logger.info("reconcile_payments: %s", report.summary())
+    return report.summary()
+
+
+# Emails: short, retried with backoff when the mail server is unreachable.
+_FOLLOWUP: dict[str, Any] = {
+    "soft_time_limit": 30,
+    "time_limit": 60,
+    "autoretry_for": (SMTPException, OSError),
+    "retry_backoff": True,
+    "max_retries": 5,
+}
+
+
+@shared_task(**_FOLLOWUP)
+def topup_completed_followups(order_id: int) -> None:
+    """After a top-up completes: the customer's receipt. (Invite rewards hook in here.)"""
+    services.topup_receipt_send(order_id=order_id)
+
+
+@shared_task(**_FOLLOWUP)
+def topup_refunded_followups(order_id: int, refund_id: int) -> None:
+    """After a refund succeeds: the customer's confirmation. (Reward reversals hook in
+    here.)"""
+    services.refund_notice_send(refund_id=refund_id)
