@@ -10,6 +10,7 @@ from typing import Any
 from celery import shared_task
 
 from billing import services
+from referrals import services as referral_services
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,15 @@ _FOLLOWUP: dict[str, Any] = {
 
 @shared_task(**_FOLLOWUP)
 def topup_completed_followups(order_id: int) -> None:
-    """After a top-up completes: the customer's receipt. (Invite rewards hook in here.)"""
+    """After a top-up completes: the inviter's reward if the customer was invited, then the
+    customer's receipt. Both are idempotent, so a retry repeats neither."""
+    referral_services.referral_reward_for_order(order_id=order_id)
     services.topup_receipt_send(order_id=order_id)
 
 
 @shared_task(**_FOLLOWUP)
 def topup_refunded_followups(order_id: int, refund_id: int) -> None:
-    """After a refund succeeds: the customer's confirmation. (Reward reversals hook in
-    here.)"""
+    """After a refund succeeds: the reversal of any invite reward paid on the top-up, then
+    the customer's confirmation. Both are idempotent."""
+    referral_services.referral_reversal_for_refund(order_id=order_id, refund_id=refund_id)
     services.refund_notice_send(refund_id=refund_id)
