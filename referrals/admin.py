@@ -53,11 +53,9 @@ class RewardRuleForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        rule = self.instance
-        if rule.fixed_micro:
-            self.initial["fixed_credits"] = money.format_credits(rule.fixed_micro)
-        if rule.signup_credits_micro:
-            self.initial["signup_credits"] = money.format_credits(rule.signup_credits_micro)
+        if self.instance.pk is not None:  # terms are fixed once saved
+            for name in ("fixed_credits", "signup_credits"):
+                self.fields.pop(name, None)
 
     def _micro(self, name: str) -> int | None:
         value = (self.cleaned_data.get(name) or "").strip()
@@ -77,7 +75,7 @@ class RewardRuleForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         # Set before the model's own validation runs (terms exist only on the add form).
-        if "fixed_credits" in self.fields:
+        if self.instance.pk is None:
             self.instance.fixed_micro = data.get("fixed_credits")
             self.instance.signup_credits_micro = data.get("signup_credits") or 0
         return data

@@ -127,6 +127,7 @@ class RewardRule(models.Model):
                     | Q(basis="fixed_first", fixed_micro__gt=0)
                 ),
                 name="reward_rule_terms_complete",
+                violation_error_message="The rule's basis and its terms do not fit together.",
             ),
             models.CheckConstraint(
                 condition=Q(signup_credits_micro__gte=0), name="reward_rule_signup_gte_0"
@@ -143,9 +144,14 @@ class RewardRule(models.Model):
             self.Basis.FIXED_FIRST: ["fixed_micro"],
         }
         needs = required.get(self.basis, [])
-        missing = {name: "Required for this basis." for name in needs if not getattr(self, name)}
+        labels = {
+            "percent": "a percent",
+            "window_days": "a number of days",
+            "fixed_micro": "an amount",
+        }
+        missing = [labels[name] for name in needs if not getattr(self, name)]
         if missing:
-            raise ValidationError(missing)
+            raise ValidationError(f"This basis needs {' and '.join(missing)}.")
         if self.is_active:
             other = RewardRule.objects.filter(is_active=True).exclude(pk=self.pk).first()
             if other is not None:
