@@ -325,6 +325,9 @@ def code_redeem(
         subject for subject, count in zip(subjects, counts, strict=True) if count > window.limit
     ]
     if over:
+        # Refused unseen, so not an attempt: it must not push a shared address further.
+        for subject in subjects:
+            window.unhit(subject)
         raise RateLimited(
             "Too many failed attempts to redeem a code. Try again later.",
             retry_after=window.retry_after(over[0]),

@@ -85,4 +85,27 @@ def test_a_burst_of_parallel_guesses_cannot_pass_the_limit(limit) -> None:
     results = run_together(12, lambda i: redeem(user, BAD, ip_address="198.51.100.1"))
     not_found = [r for r in results if isinstance(r, CodeNotFound)]
     limited = [r for r in results if isinstance(r, RateLimited)]
-    assert (len(not_found), len(limited)) == (limit, 12 - limit), results
+    # Never more than the limit get through (counted before they run; racing counters can
+    # only make the limit stricter for one burst, never looser).
+    assert 1 <= len(not_found) <= limit, results
+    assert len(not_found) + len(limited) == 12, results
+    while True:  # then the rest of the window's allowance, one at a time
+        try:
+            redeem(user, BAD, ip_address="198.51.100.1")
+        except CodeNotFound as exc:
+            not_found.append(exc)
+        except RateLimited:
+            break
+    assert len(not_found) == limit
+
+
+@pytest.mark.django_db
+def test_refused_attempts_do_not_use_up_a_shared_address(user, limit) -> None:
+    for _ in range(limit):
+        fail(user, ip_address="192.0.2.1")
+    for _ in range(10):  # the blocked user keeps trying from an office network
+        with pytest.raises(RateLimited):
+            redeem(user, BAD, ip_address="198.51.100.20")
+    colleague = UserFactory()
+    [code] = make_batch().codes
+    assert redeem(colleague, code, ip_address="198.51.100.20").redemption
