@@ -3,7 +3,12 @@ service or selector, render."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -37,13 +42,22 @@ class RedemptionsApi(APIView):
     """``POST /api/v1/redemptions`` redeems a code for the caller; ``GET`` lists the caller's
     redemptions, newest first."""
 
+    @extend_schema_serializer(component_name="RedeemInput")
     class InputSerializer(serializers.Serializer):
         code = serializers.CharField(max_length=100)
 
     @extend_schema(
         operation_id="redemptions_list",
         parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
-        responses=RedemptionOutputSerializer(many=True),
+        responses=inline_serializer(
+            "RedemptionPage",
+            {
+                "count": serializers.IntegerField(),
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": RedemptionOutputSerializer(many=True),
+            },
+        ),
     )
     def get(self, request: Request) -> Response:
         paginator = _Pagination()

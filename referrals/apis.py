@@ -3,7 +3,7 @@ reward balance to the wallet. Only the caller's own account is ever visible."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,7 +15,7 @@ from referrals.models import ReferralLedgerEntry
 from wallet import money
 
 
-class EntryOutputSerializer(serializers.Serializer):
+class ReferralEntryOutputSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=ReferralLedgerEntry.Kind.choices)
     amount_micro = serializers.IntegerField(source="amount")
     amount = CreditsField()
@@ -31,7 +31,7 @@ class EntryOutputSerializer(serializers.Serializer):
         return selectors.masked_email(entry.referral.invitee.email)
 
 
-class SummaryOutputSerializer(serializers.Serializer):
+class ReferralSummaryOutputSerializer(serializers.Serializer):
     code = serializers.CharField()
     link = serializers.CharField()
     proceeds_micro = serializers.IntegerField(help_text="Reward balance ready to transfer.")
@@ -41,22 +41,22 @@ class SummaryOutputSerializer(serializers.Serializer):
     debt_micro = serializers.IntegerField(help_text="Reversed rewards not yet recovered.")
     invited_count = serializers.IntegerField()
     minimum_transfer_micro = serializers.IntegerField()
-    recent_rewards = EntryOutputSerializer(many=True, source="recent")
+    recent_rewards = ReferralEntryOutputSerializer(many=True, source="recent")
 
 
 class ReferralSummaryApi(APIView):
     """``GET /api/v1/referrals``: the caller's invite code and link, proceeds, total revenue,
     number of people invited and the latest reward activity."""
 
-    @extend_schema(operation_id="referrals_retrieve", responses=SummaryOutputSerializer)
+    @extend_schema(operation_id="referrals_retrieve", responses=ReferralSummaryOutputSerializer)
     def get(self, request: Request) -> Response:
         account = services.referral_account_get_or_create(user=request.user)
         summary = selectors.referral_summary(account=account)
         data = {**summary.__dict__, "minimum_transfer_micro": services.minimum_transfer_micro()}
-        return Response(SummaryOutputSerializer(data).data)
+        return Response(ReferralSummaryOutputSerializer(data).data)
 
 
-class TransferOutputSerializer(serializers.Serializer):
+class ReferralTransferOutputSerializer(serializers.Serializer):
     transferred_micro = serializers.IntegerField()
     transferred = CreditsField(source="transferred_micro")
     proceeds_after_micro = serializers.IntegerField()
@@ -70,6 +70,7 @@ class ReferralTransferApi(APIView):
     credits. Requires an ``Idempotency-Key`` header; a retry with the same key moves
     nothing more and answers 200 with the first transfer."""
 
+    @extend_schema_serializer(component_name="ReferralTransferInput")
     class InputSerializer(serializers.Serializer):
         amount = serializers.CharField(
             required=False, allow_blank=True, max_length=40, help_text="Credits; empty: all."
@@ -87,7 +88,7 @@ class ReferralTransferApi(APIView):
             )
         ],
         request=InputSerializer,
-        responses={201: TransferOutputSerializer, 200: TransferOutputSerializer},
+        responses={201: ReferralTransferOutputSerializer, 200: ReferralTransferOutputSerializer},
     )
     def post(self, request: Request) -> Response:
         body = self.InputSerializer(data=request.data)
@@ -106,6 +107,6 @@ class ReferralTransferApi(APIView):
             "created_at": result.entry.created_at,
         }
         return Response(
-            TransferOutputSerializer(data).data,
+            ReferralTransferOutputSerializer(data).data,
             status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED,
         )

@@ -199,3 +199,17 @@ def test_reward_accounts_are_read_only_in_the_admin(admin_client, inviter, rule,
     assert page.status_code == 200
     assert b"10.00" in page.content
     assert admin_client.get("/admin/referrals/referralaccount/add/").status_code == 403
+
+
+def test_the_openapi_schema_documents_redemptions_and_referrals(user) -> None:
+    schema = logged_in(user).get("/api/schema/", {"format": "json"}).json()
+    for path in ("/api/v1/redemptions", "/api/v1/referrals", "/api/v1/referrals/transfer"):
+        assert path in schema["paths"], path
+    transfer_op = schema["paths"]["/api/v1/referrals/transfer"]["post"]
+    [header] = [p for p in transfer_op["parameters"] if p["name"] == "Idempotency-Key"]
+    assert header["required"] is True
+    page = schema["components"]["schemas"]["RedemptionPage"]["properties"]
+    assert {"count", "results"} <= set(page)
+    assert (
+        "recent_rewards" in schema["components"]["schemas"]["ReferralSummaryOutput"]["properties"]
+    )
