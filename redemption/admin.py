@@ -19,21 +19,11 @@ from django.utils.html import format_html
 
 from accounts import selectors as account_selectors
 from config import crockford
+from config.admin_mixins import ReadOnlyMixin
 from config.errors import ApplicationError
 from redemption import codes, exports, services
 from redemption.models import Redemption, RedemptionBatch, RedemptionCode
 from wallet import money
-
-
-class _ReadOnly:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _clean_countries(value: str) -> str:
@@ -289,7 +279,7 @@ class RedemptionBatchAdmin(admin.ModelAdmin):
         return response
 
 
-class RedemptionInline(_ReadOnly, admin.TabularInline):
+class RedemptionInline(ReadOnlyMixin, admin.TabularInline):
     model = Redemption
     extra = 0
     fields = ("created_at", "user", "credits_micro", "expires_at", "ip_address")
@@ -297,7 +287,7 @@ class RedemptionInline(_ReadOnly, admin.TabularInline):
 
 
 @admin.register(RedemptionCode)
-class RedemptionCodeAdmin(_ReadOnly, admin.ModelAdmin):
+class RedemptionCodeAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("display", "batch", "status", "uses", "max_uses", "created_at")
     list_filter = ("status", "batch")
     # The search box takes a whole code (as a customer reads it out) or its last characters.
@@ -342,7 +332,7 @@ class RedemptionCodeAdmin(_ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(Redemption)
-class RedemptionAdmin(_ReadOnly, admin.ModelAdmin):
+class RedemptionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("created_at", "user", "code", "batch", "credits", "expires_at", "ip_address")
     list_filter = ("batch",)
     search_fields = ("user__email", "batch__name")

@@ -24,7 +24,7 @@ import ipaddress
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -52,6 +52,7 @@ from wallet.errors import IdempotencyKeyRequired
 from wallet.models import CreditLot
 
 _INSERT_CHUNK = 1000
+_Switchable = TypeVar("_Switchable", RedemptionBatch, RedemptionCode)
 
 
 @dataclass(frozen=True)
@@ -184,24 +185,24 @@ def batch_generate(
     raise RuntimeError("Could not generate unique codes; check the random source.")
 
 
+def _status_set(obj: _Switchable, status: str) -> _Switchable:
+    model = type(obj)
+    if status not in model.Status.values:
+        raise ValidationFailed("Unknown status.", status=status)
+    disabled_at = timezone.now() if status == model.Status.DISABLED else None
+    model.objects.filter(pk=obj.pk).update(status=status, disabled_at=disabled_at)
+    obj.status, obj.disabled_at = status, disabled_at
+    return obj
+
+
 def batch_set_status(*, batch: RedemptionBatch, status: str) -> RedemptionBatch:
     """Disable (or re-enable) every code of a batch at once. Redemptions already made stand."""
-    if status not in RedemptionBatch.Status.values:
-        raise ValidationFailed("Unknown status.", status=status)
-    disabled_at = timezone.now() if status == RedemptionBatch.Status.DISABLED else None
-    RedemptionBatch.objects.filter(pk=batch.pk).update(status=status, disabled_at=disabled_at)
-    batch.status, batch.disabled_at = status, disabled_at
-    return batch
+    return _status_set(batch, status)
 
 
 def code_set_status(*, code: RedemptionCode, status: str) -> RedemptionCode:
     """Disable (or re-enable) one code, e.g. one that was leaked or printed by mistake."""
-    if status not in RedemptionCode.Status.values:
-        raise ValidationFailed("Unknown status.", status=status)
-    disabled_at = timezone.now() if status == RedemptionCode.Status.DISABLED else None
-    RedemptionCode.objects.filter(pk=code.pk).update(status=status, disabled_at=disabled_at)
-    code.status, code.disabled_at = status, disabled_at
-    return code
+    return _status_set(code, status)
 
 
 def code_find(*, text: str) -> RedemptionCode | None:

@@ -11,21 +11,11 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from config.admin_mixins import ReadOnlyMixin
 from config.errors import ApplicationError
 from referrals import services
 from referrals.models import Referral, ReferralAccount, ReferralLedgerEntry, RewardRule
 from wallet import money
-
-
-class _ReadOnly:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _credits_field(label: str, help_text: str) -> forms.CharField:
@@ -132,7 +122,7 @@ class RewardRuleAdmin(admin.ModelAdmin):
         self.message_user(request, "No rule is active now.", messages.SUCCESS)
 
 
-class EntryInline(_ReadOnly, admin.TabularInline):
+class EntryInline(ReadOnlyMixin, admin.TabularInline):
     model = ReferralLedgerEntry
     extra = 0
     fields = ("created_at", "kind", "amount", "balance_after", "debt_after", "note")
@@ -141,7 +131,7 @@ class EntryInline(_ReadOnly, admin.TabularInline):
 
 
 @admin.register(ReferralAccount)
-class ReferralAccountAdmin(_ReadOnly, admin.ModelAdmin):
+class ReferralAccountAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("user", "code", "proceeds", "earned", "owed", "created_at")
     search_fields = ("user__email", "code")
     list_select_related = ("user",)
@@ -163,7 +153,7 @@ class ReferralAccountAdmin(_ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(Referral)
-class ReferralAdmin(_ReadOnly, admin.ModelAdmin):
+class ReferralAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("created_at", "inviter", "invitee", "invite_code", "rule")
     search_fields = ("inviter__email", "invitee__email", "invite_code")
     list_select_related = ("inviter", "invitee", "rule")
