@@ -61,6 +61,8 @@ def signup_referral_record(request: HttpRequest, user: object) -> None:
         services.referral_record_signup(invitee=user, invite_code=code)
     except ApplicationError as exc:
         logger.info("Sign-up of user %s not recorded as a referral: %s", user, exc.code)
+    except Exception:  # the account exists already; a referral is not worth a failed sign-up
+        logger.exception("Recording the referral of user %s failed", user)
 
 
 def forget_invite(response: HttpResponse) -> HttpResponse:
