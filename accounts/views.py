@@ -16,6 +16,7 @@ from accounts import services
 from accounts.errors import EmailTaken
 from accounts.forms import EmailAuthenticationForm, SignupForm
 from config.ratelimit import Window
+from referrals import views as referral_views
 from wallet import selectors as wallet_selectors
 
 
@@ -46,9 +47,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         except EmailTaken:
             form.add_error("email", "An account with this email address already exists.")
         else:
+            referral_views.signup_referral_record(request, user)
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, "Welcome! Your account is ready.")
-            return redirect(request.POST.get("next") or "home")
+            return referral_views.forget_invite(redirect(request.POST.get("next") or "home"))
     return render(request, "registration/signup.html", {"form": form})
 
 

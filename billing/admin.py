@@ -13,6 +13,7 @@ from django.http import HttpRequest
 
 from billing import pricing, services
 from billing.models import BonusRule, Refund, TopUpOrder, TopUpPackage, WebhookEvent
+from config.admin_mixins import ReadOnlyMixin
 from config.errors import ApplicationError
 from wallet import money
 
@@ -45,17 +46,6 @@ class BonusRuleAdmin(admin.ModelAdmin):
         if obj.max_amount_minor is None:
             return "no limit"
         return pricing.format_minor(obj.max_amount_minor)
-
-
-class ReadOnlyMixin:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class RefundInline(ReadOnlyMixin, admin.TabularInline):

@@ -68,3 +68,13 @@ def package_list_active(*, currency: str | None = None) -> QuerySet[TopUpPackage
 
 def bonus_rule_list_active(*, currency: str) -> QuerySet[BonusRule]:
     return BonusRule.objects.filter(currency=currency, is_active=True).order_by("min_amount_minor")
+
+
+def topup_order_first_completed(*, user: Any) -> TopUpOrder | None:
+    """The user's first top-up that completed (credits granted), whether or not it was
+    refunded later (what a "first top-up" invite reward is paid on)."""
+    return (
+        TopUpOrder.objects.filter(user=user, completed_at__isnull=False)
+        .order_by("completed_at", "id")
+        .first()
+    )

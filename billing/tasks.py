@@ -10,6 +10,7 @@ from typing import Any
 from celery import shared_task
 
 from billing import services
+from referrals import services as referral_services
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,20 @@ _FOLLOWUP: dict[str, Any] = {
 
 @shared_task(**_FOLLOWUP)
 def topup_completed_followups(order_id: int) -> None:
-    """After a top-up completes: the customer's receipt. (Invite rewards hook in here.)"""
-    services.topup_receipt_send(order_id=order_id)
+    """After a top-up completes: the inviter's reward if the customer was invited, and the
+    customer's receipt (sent even if the reward failed; the task then fails for a retry).
+    Both are idempotent, so a retry repeats neither."""
+    try:
+        referral_services.referral_reward_for_order(order_id=order_id)
+    finally:
+        services.topup_receipt_send(order_id=order_id)
 
 
 @shared_task(**_FOLLOWUP)
 def topup_refunded_followups(order_id: int, refund_id: int) -> None:
-    """After a refund succeeds: the customer's confirmation. (Reward reversals hook in
-    here.)"""
-    services.refund_notice_send(refund_id=refund_id)
+    """After a refund succeeds: the reversal of any invite reward paid on the top-up, and the
+    customer's confirmation. Both are idempotent."""
+    try:
+        referral_services.referral_reversal_for_refund(order_id=order_id, refund_id=refund_id)
+    finally:
+        services.refund_notice_send(refund_id=refund_id)

@@ -4,6 +4,7 @@ across processes."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -42,3 +43,11 @@ class Window:
     def reset(self, subject: str) -> None:
         key, _ = self._key(subject)
         cache.delete(key)
+
+    def unhit(self, subject: str) -> None:
+        """Take back one event counted by ``hit``: callers that must count an attempt before
+        knowing whether it failed (so a burst of parallel guesses cannot slip past the
+        limit) give it back when it turned out fine."""
+        key, _ = self._key(subject)
+        with contextlib.suppress(ValueError):  # the window rolled over meanwhile
+            cache.decr(key)

@@ -3,12 +3,18 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
+from referrals import views as referral_views
 
 urlpatterns = [
     path("", account_views.home, name="home"),
     path("accounts/", include("accounts.urls")),
     path("billing/", include("billing.urls")),
     path("api/v1/", include("billing.api_urls")),
+    path("api/v1/", include("redemption.api_urls")),
+    path("api/v1/", include("referrals.api_urls")),
+    path("redeem/", include("redemption.urls")),
+    path("referrals/", include("referrals.urls")),
+    path("r/<str:code>", referral_views.invite, name="referral-invite"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

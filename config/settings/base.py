@@ -230,6 +230,24 @@ CELERY_BEAT_SCHEDULE["billing-reconcile-payments"] = {
     "schedule": 300.0,
 }
 
+# --- Redemption codes ---------------------------------------------------------------------
+# Codes are stored only as HMAC-SHA256 under this key (plus a 4-character hint), so a copy of
+# the database does not reveal them. Set it in production and keep it: changing it makes
+# every unredeemed code unknown unless the old key is listed in the PREVIOUS list. Empty
+# derives a key from DJANGO_SECRET_KEY (fine for local use only).
+REDEMPTION_CODE_SECRET = env.str("REDEMPTION_CODE_SECRET", default="")
+REDEMPTION_CODE_PREVIOUS_SECRETS = env.list("REDEMPTION_CODE_PREVIOUS_SECRETS", default=[])
+# Failed redemption attempts allowed per user and per client address in each window.
+REDEMPTION_FAILURE_LIMIT = env.int("REDEMPTION_FAILURE_LIMIT", default=10)
+REDEMPTION_FAILURE_WINDOW_SECONDS = env.int("REDEMPTION_FAILURE_WINDOW_SECONDS", default=3600)
+REDEMPTION_MAX_CODES_PER_BATCH = env.int("REDEMPTION_MAX_CODES_PER_BATCH", default=10_000)
+
+# --- Invite rewards -----------------------------------------------------------------------
+# Smallest reward balance a user may move to their wallet at once, in credits.
+REFERRAL_MIN_TRANSFER = Decimal(env.str("REFERRAL_MIN_TRANSFER", default="10"))
+# How long an invite link is remembered in the visitor's browser before they sign up.
+REFERRAL_COOKIE_DAYS = env.int("REFERRAL_COOKIE_DAYS", default=30)
+
 # --- Abuse limits ---------------------------------------------------------------------
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
 LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=900)

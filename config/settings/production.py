@@ -5,6 +5,8 @@ from config.settings.base import env
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")
+# Redemption codes are stored as HMACs under this key; it must outlive secret-key rotations.
+REDEMPTION_CODE_SECRET = env("REDEMPTION_CODE_SECRET")
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -8,6 +8,8 @@ from django.utils import timezone
 from accounts import selectors, services
 from accounts.models import Organization
 from billing.demo import billing_demo_seed
+from redemption.demo import redemption_demo_seed
+from referrals.demo import referrals_demo_seed
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
@@ -77,7 +79,10 @@ class Command(BaseCommand):
             reference=source,
             reason="Demo data",
         )
-        billing_demo_seed(user=demo, staff=selectors.user_get_by_email(email=STAFF_EMAIL))
+        staff = selectors.user_get_by_email(email=STAFF_EMAIL)
+        billing_demo_seed(user=demo, staff=staff)
+        codes = redemption_demo_seed(staff=staff)
+        referrals_demo_seed(inviter=demo, staff=staff, password=DEMO_PASSWORD)
         if not options["quiet"]:
             self.stdout.write(
                 self.style.SUCCESS(
@@ -85,3 +90,4 @@ class Command(BaseCommand):
                     f"(staff: {STAFF_EMAIL} / {STAFF_PASSWORD})."
                 )
             )
+            self.stdout.write(f"Redemption codes to try at /redeem/: {', '.join(codes)}")

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from referrals import views
+
+app_name = "referrals"
+urlpatterns = [
+    path("", views.referrals_page, name="page"),
+]
