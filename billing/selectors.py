@@ -78,3 +78,20 @@ def topup_order_first_completed(*, user: Any) -> TopUpOrder | None:
         .order_by("completed_at", "id")
         .first()
     )
+
+
+def topup_order_ids_settled_since(*, since: dt.datetime, user_ids: Any = None) -> list[int]:
+    """Ids of orders paid and completed since ``since`` (including those refunded since),
+    optionally only of ``user_ids`` (a list or a values queryset) — for catch-up sweeps of
+    work that follows a completion."""
+    orders = TopUpOrder.objects.filter(
+        completed_at__gte=since,
+        status__in=[
+            TopUpOrder.Status.COMPLETED,
+            TopUpOrder.Status.PARTIALLY_REFUNDED,
+            TopUpOrder.Status.REFUNDED,
+        ],
+    )
+    if user_ids is not None:
+        orders = orders.filter(user_id__in=user_ids)
+    return list(orders.order_by("id").values_list("id", flat=True))

@@ -8,6 +8,7 @@ from smtplib import SMTPException
 from typing import Any
 
 from celery import shared_task
+from django.db import DatabaseError
 
 from billing import services
 from referrals import services as referral_services
@@ -25,11 +26,12 @@ def reconcile_payments(older_than_minutes: int | None = None) -> str:
     return report.summary()
 
 
-# Emails: short, retried with backoff when the mail server is unreachable.
+# Follow-ups: short, retried with backoff when the mail server or the database is
+# unreachable; referrals.tasks.reconcile_referral_rewards catches up whatever still fails.
 _FOLLOWUP: dict[str, Any] = {
     "soft_time_limit": 30,
     "time_limit": 60,
-    "autoretry_for": (SMTPException, OSError),
+    "autoretry_for": (SMTPException, OSError, DatabaseError),
     "retry_backoff": True,
     "max_retries": 5,
 }

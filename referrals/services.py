@@ -463,3 +463,17 @@ def reward_rule_activate(*, rule: RewardRule | None) -> None:
     if rule is not None:
         RewardRule.objects.filter(pk=rule.pk).update(is_active=True)
         rule.is_active = True
+
+
+def referral_rewards_reconcile(*, since: dt.datetime) -> int:
+    """Pay any reward and apply any reversal that the top-up follow-up task missed (a broker
+    outage when it was enqueued, or retries exhausted), for invitees' top-ups completed
+    since ``since``. Both steps are idempotent, so this is safe to run at any time and as
+    often as wanted. Returns the number of orders looked at."""
+    order_ids = billing_selectors.topup_order_ids_settled_since(
+        since=since, user_ids=Referral.objects.values("invitee_id")
+    )
+    for order_id in order_ids:
+        referral_reward_for_order(order_id=order_id)
+        referral_reversal_for_refund(order_id=order_id)
+    return len(order_ids)

@@ -229,6 +229,13 @@ CELERY_BEAT_SCHEDULE["billing-reconcile-payments"] = {
     "task": "billing.tasks.reconcile_payments",
     "schedule": 300.0,
 }
+# Invite rewards normally follow a top-up within seconds; this hourly sweep pays any the
+# follow-up task missed, looking back this many days.
+REFERRAL_RECONCILE_DAYS = env.int("REFERRAL_RECONCILE_DAYS", default=7)
+CELERY_BEAT_SCHEDULE["referrals-reconcile-rewards"] = {
+    "task": "referrals.tasks.reconcile_referral_rewards",
+    "schedule": 3600.0,
+}
 
 # --- Redemption codes ---------------------------------------------------------------------
 # Codes are stored only as HMAC-SHA256 under this key (plus a 4-character hint), so a copy of
