@@ -3,22 +3,53 @@ the same transaction, so no owner ever exists without one."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import ipaddress
 import re
+from collections.abc import Iterable
+from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.utils import timezone
 from django.utils.text import slugify
 
+from accounts import tokens
 from accounts.errors import (
     AlreadyMember,
     EmailTaken,
     InvalidCountry,
+    InvalidIpRule,
+    InvalidModelRule,
+    InvalidQuota,
+    InvalidScopes,
+    InvalidToken,
+    InvalidTokenName,
+    IpNotAllowed,
     LastOwner,
     NotAllowed,
+    NotAMember,
     OrganizationSlugTaken,
+    TokenAlreadyRevoked,
+    TokenExpired,
+    TokenGroupNotFound,
+    TokenRevoked,
 )
-from accounts.models import Membership, Organization, User, normalize_email
+from accounts.models import (
+    ApiToken,
+    BillingTier,
+    Membership,
+    Organization,
+    TokenGroup,
+    User,
+    normalize_email,
+)
 from wallet import money
+from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
+from wallet.errors import InvalidAmount, InvalidExpiry
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
@@ -163,3 +194,342 @@ def membership_update(
         membership.monthly_spend_limit_micro = _limit_micro(monthly_spend_limit_credits)
     membership.save(update_fields=["role", "monthly_spend_limit_micro"])
     return membership
+
+
+# --- Billing tiers and token groups ---------------------------------------------------
+
+
+def billing_tier_create(*, name: str, rate: object, description: str = "") -> BillingTier:
+    """A rate multiplier (DESIGN.md ``tier_rate``). Refuses rates that are not > 0."""
+    parsed = money.to_decimal(rate, field="rate")
+    if parsed <= 0 or parsed.as_tuple().exponent < -4:  # type: ignore[operator]
+        raise InvalidAmount("The rate must be positive with at most 4 decimals.", rate=str(rate))
+    tier, _ = BillingTier.objects.update_or_create(
+        name=name.strip(), defaults={"rate": parsed, "description": description}
+    )
+    return tier
+
+
+@transaction.atomic
+def token_group_create(
+    *,
+    name: str,
+    tier: BillingTier,
+    allowed_models: Iterable[str] = (),
+    is_default: bool = False,
+    description: str = "",
+) -> TokenGroup:
+    """Create (or update, by name) a token group. Making it the default takes the flag from
+    the previous default in the same transaction."""
+    if is_default:
+        TokenGroup.objects.select_for_update().filter(is_default=True).exclude(
+            name=name.strip()
+        ).update(is_default=False)
+    group, _ = TokenGroup.objects.update_or_create(
+        name=name.strip(),
+        defaults={
+            "tier": tier,
+            "allowed_models": _clean_models(allowed_models),
+            "is_default": is_default,
+            "description": description,
+        },
+    )
+    return group
+
+
+def token_group_default() -> TokenGroup:
+    group = TokenGroup.objects.filter(is_default=True).select_related("tier").first()
+    if group is None:  # the data migration creates one; staff may have removed the flag
+        raise TokenGroupNotFound("No default token group is configured.")
+    return group
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+_MAX_RULES = 100
+
+
+def _clean_scopes(scopes: Iterable[str]) -> list[str]:
+    cleaned = sorted({str(s).strip().lower() for s in scopes})
+    if not cleaned or not set(cleaned) <= set(ApiToken.Scope.values):
+        raise InvalidScopes(scopes=list(scopes))
+    return cleaned
+
+
+def _clean_ips(rules: Iterable[str]) -> list[str]:
+    cleaned: list[str] = []
+    for rule in rules:
+        try:
+            network = ipaddress.ip_network(str(rule).strip(), strict=False)
+        except ValueError as exc:
+            raise InvalidIpRule(rule=str(rule)) from exc
+        text = str(network) if network.num_addresses > 1 else str(network.network_address)
+        if text not in cleaned:
+            cleaned.append(text)
+    if len(cleaned) > _MAX_RULES:
+        raise InvalidIpRule(f"At most {_MAX_RULES} address rules per token.")
+    return cleaned
+
+
+def _clean_models(models_: Iterable[str]) -> list[str]:
+    cleaned: list[str] = []
+    for model in models_:
+        text = str(model).strip()
+        if not text or len(text) > 100 or any(c.isspace() for c in text):
+            raise InvalidModelRule(model=text)
+        if text not in cleaned:
+            cleaned.append(text)
+    if len(cleaned) > _MAX_RULES:
+        raise InvalidModelRule(f"At most {_MAX_RULES} model rules.")
+    return cleaned
+
+
+def _clean_quota(quota_credits: object) -> int | None:
+    if quota_credits is None or quota_credits == "":
+        return None
+    try:
+        return money.credits_to_micro(quota_credits, allow_zero=True, field="quota")
+    except InvalidAmount as exc:
+        raise InvalidQuota(quota=str(quota_credits)) from exc
+
+
+def _clean_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise InvalidTokenName()
+    return name
+
+
+@transaction.atomic
+def api_token_create(
+    *,
+    user: User,
+    name: str,
+    scopes: Iterable[str],
+    group: TokenGroup | None = None,
+    organization: Organization | None = None,
+    quota_credits: object = None,
+    expires_at: dt.datetime | None = None,
+    allowed_models: Iterable[str] = (),
+    allowed_ips: Iterable[str] = (),
+    now: dt.datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a token and return it with its secret, which is never stored or shown again.
+
+    The token spends from ``user``'s wallet, or from ``organization``'s pool when given
+    (``user`` must be a member; the membership's monthly spend limit then applies too).
+    """
+    now = now or timezone.now()
+    if expires_at is not None and expires_at <= now:
+        raise InvalidExpiry(expires_at=expires_at.isoformat())
+    membership = None
+    if organization is not None:
+        membership = Membership.objects.filter(organization=organization, user=user).first()
+        if membership is None:
+            raise NotAMember(organization=organization.slug)
+        wallet = wallet_selectors.wallet_get_for_organization(organization=organization)
+    else:
+        wallet = wallet_selectors.wallet_get_for_user(user=user)
+    fields = {
+        "user": user,
+        "wallet": wallet,
+        "organization": organization,
+        "membership": membership,
+        "name": _clean_name(name),
+        "group": group or token_group_default(),
+        "scopes": _clean_scopes(scopes),
+        "quota_micro": _clean_quota(quota_credits),
+        "expires_at": expires_at,
+        "allowed_models": _clean_models(allowed_models),
+        "allowed_ips": _clean_ips(allowed_ips),
+        "created_at": now,
+    }
+    for _attempt in range(5):  # a 48-bit prefix collides about never; the index decides
+        secret = tokens.new_secret()
+        try:
+            with transaction.atomic():
+                token = ApiToken.objects.create(
+                    prefix=secret.prefix, secret_hash=secret.hash, **fields
+                )
+        except IntegrityError:
+            continue
+        return token, secret.full
+    raise RuntimeError("Could not find a free token prefix.")
+
+
+_UNCHANGED: Any = object()
+
+
+@transaction.atomic
+def api_token_update(
+    *,
+    token: ApiToken,
+    name: str = _UNCHANGED,
+    scopes: Iterable[str] = _UNCHANGED,
+    group: TokenGroup = _UNCHANGED,
+    quota_credits: object = _UNCHANGED,
+    expires_at: dt.datetime | None = _UNCHANGED,
+    allowed_models: Iterable[str] = _UNCHANGED,
+    allowed_ips: Iterable[str] = _UNCHANGED,
+) -> ApiToken:
+    """Change a token's settings (``quota_credits=None`` removes the quota). The secret and
+    the wallet cannot change: rotate or create another token for that."""
+    locked = ApiToken.objects.select_for_update().get(pk=token.pk)
+    changes: dict[str, Any] = {}
+    if name is not _UNCHANGED:
+        changes["name"] = _clean_name(name)
+    if scopes is not _UNCHANGED:
+        changes["scopes"] = _clean_scopes(scopes)
+    if group is not _UNCHANGED:
+        changes["group"] = group
+    if quota_credits is not _UNCHANGED:
+        changes["quota_micro"] = _clean_quota(quota_credits)
+    if expires_at is not _UNCHANGED:
+        changes["expires_at"] = expires_at
+    if allowed_models is not _UNCHANGED:
+        changes["allowed_models"] = _clean_models(allowed_models)
+    if allowed_ips is not _UNCHANGED:
+        changes["allowed_ips"] = _clean_ips(allowed_ips)
+    for field, value in changes.items():
+        setattr(locked, field, value)
+    if changes:
+        locked.save(update_fields=list(changes))
+    return locked
+
+
+def api_token_revoke(*, token: ApiToken, now: dt.datetime | None = None) -> ApiToken:
+    """Stop a token from working, for good. Revoking a revoked token changes nothing.
+    Authorizations it already holds can still be captured or released by staff jobs;
+    holds nobody settles expire as usual."""
+    now = now or timezone.now()
+    ApiToken.objects.filter(pk=token.pk, status=ApiToken.Status.ACTIVE).update(
+        status=ApiToken.Status.REVOKED, revoked_at=now
+    )
+    return ApiToken.objects.get(pk=token.pk)
+
+
+def api_tokens_revoke_for_membership(
+    *, membership: Membership, now: dt.datetime | None = None
+) -> int:
+    """Revoke every token spending from an organization through ``membership`` (call it
+    when a member leaves). Returns how many were revoked."""
+    return ApiToken.objects.filter(membership=membership, status=ApiToken.Status.ACTIVE).update(
+        status=ApiToken.Status.REVOKED, revoked_at=now or timezone.now()
+    )
+
+
+@transaction.atomic
+def api_token_rotate(*, token: ApiToken, now: dt.datetime | None = None) -> tuple[ApiToken, str]:
+    """Give the token a new secret (and prefix); the old secret stops working at once.
+    Quota, usage and settings are kept."""
+    locked = ApiToken.objects.select_for_update().get(pk=token.pk)
+    if locked.status != ApiToken.Status.ACTIVE:
+        raise TokenAlreadyRevoked(token_id=locked.pk)
+    for _attempt in range(5):
+        secret = tokens.new_secret()
+        try:
+            with transaction.atomic():
+                ApiToken.objects.filter(pk=locked.pk).update(
+                    prefix=secret.prefix, secret_hash=secret.hash, rotated_at=now or timezone.now()
+                )
+        except IntegrityError:
+            continue
+        return ApiToken.objects.get(pk=locked.pk), secret.full
+    raise RuntimeError("Could not find a free token prefix.")
+
+
+@functools.lru_cache(maxsize=1024)
+def _networks(rules: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(rule, strict=False) for rule in rules)
+
+
+def api_token_ip_allowed(*, token: ApiToken, client_ip: str) -> bool:
+    if not token.allowed_ips:
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(
+        address.version == network.version and address in network
+        for network in _networks(tuple(token.allowed_ips))
+    )
+
+
+def api_token_authenticate(
+    *, secret: str, client_ip: str, now: dt.datetime | None = None
+) -> ApiToken:
+    """The active token for a presented secret, with its group, tier and owner loaded.
+
+    One indexed lookup by prefix, then a constant-time comparison of hashes. Refuses with
+    ``InvalidToken``, ``TokenRevoked``, ``TokenExpired`` (401) or ``IpNotAllowed`` (403).
+    ``last_used_at`` is written at most once per ``API_TOKEN_LAST_USED_INTERVAL`` seconds,
+    so the hot path does not write the token row on every request.
+    """
+    prefix = tokens.parse_prefix(secret)
+    if prefix is None:
+        raise InvalidToken()
+    token = (
+        ApiToken.objects.select_related("user", "group__tier", "membership")
+        .filter(prefix=prefix)
+        .first()
+    )
+    if token is None or not tokens.secret_matches(secret, token.secret_hash):
+        raise InvalidToken()
+    now = now or timezone.now()
+    if token.status != ApiToken.Status.ACTIVE:
+        raise TokenRevoked()
+    if token.organization_id is not None and token.membership_id is None:
+        raise TokenRevoked("The owner of this token is no longer a member of the organization.")
+    if not token.user.is_active:
+        raise TokenRevoked("The owner of this token is deactivated.")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise TokenExpired()
+    if not api_token_ip_allowed(token=token, client_ip=client_ip):
+        raise IpNotAllowed(client_ip=client_ip)
+    interval = dt.timedelta(seconds=settings.API_TOKEN_LAST_USED_INTERVAL)
+    if token.last_used_at is None or token.last_used_at <= now - interval:
+        ApiToken.objects.filter(pk=token.pk).filter(
+            Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - interval)
+        ).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+# --- Spending counters (written by usage.services inside its metering transaction) ----
+
+
+def api_token_lock(*, token_id: int) -> ApiToken:
+    """Lock a token row for a cap check (global lock order: token first)."""
+    return ApiToken.objects.select_for_update().get(pk=token_id)
+
+
+def membership_lock(*, membership_id: int) -> Membership:
+    """Lock a membership row for a cap check (lock order: after the token)."""
+    return Membership.objects.select_for_update().get(pk=membership_id)
+
+
+def api_token_spend_add(*, token_id: int, amount: int) -> None:
+    """Add ``amount`` µcr (negative to correct) to the token's ``used_micro``; takes the
+    token's row lock if the caller does not hold it yet."""
+    ApiToken.objects.filter(pk=token_id).update(used_micro=F("used_micro") + amount)
+
+
+def month_start(now: dt.datetime) -> dt.date:
+    """First day of ``now``'s calendar month in UTC (member limits are per UTC month)."""
+    return now.astimezone(dt.UTC).date().replace(day=1)
+
+
+def membership_spend_add(*, membership_id: int, amount: int, now: dt.datetime) -> None:
+    """Add ``amount`` µcr to what the member spent in ``now``'s month, starting the count
+    again when a new month begins."""
+    month = month_start(now)
+    Membership.objects.filter(pk=membership_id).update(
+        spend_month_micro=Case(
+            When(spend_month=month, then=F("spend_month_micro") + amount),
+            default=Value(max(amount, 0)),
+        ),
+        spend_month=month,
+    )

@@ -6,8 +6,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from django.core.cache import cache
+from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
+from django.core.cache.backends.redis import RedisCache
+
+
+def _redis_client(key: str) -> Any:
+    """The raw Redis client behind the cache, or None for other cache backends. Django's
+    Redis cache stores integers unpickled, so ``cache.get`` reads these counters as ints."""
+    backend = caches[DEFAULT_CACHE_ALIAS]
+    if not isinstance(backend, RedisCache):
+        return None
+    return backend._cache.get_client(key, write=True)
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,14 @@ class Window:
     def hit(self, subject: str) -> int:
         """Count one event; returns the count in the current window."""
         key, _ = self._key(subject)
+        client = _redis_client(key)
+        if client is not None:
+            # One round trip on the request path: create the counter if new, then count.
+            full_key = cache.make_key(key)
+            pipe = client.pipeline(transaction=False)
+            pipe.set(full_key, 0, ex=self.seconds + 1, nx=True)
+            pipe.incr(full_key)
+            return int(pipe.execute()[1])
         if cache.add(key, 1, timeout=self.seconds + 1):
             return 1
         try:

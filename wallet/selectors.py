@@ -121,3 +121,30 @@ def hold_get(*, wallet: Wallet, request_id: str) -> Hold | None:
 
 def hold_list_active(*, wallet: Wallet) -> QuerySet[Hold]:
     return Hold.objects.filter(wallet=wallet, status=Hold.Status.ACTIVE).order_by("id")
+
+
+def wallet_available(*, wallet_id: int, now: dt.datetime | None = None) -> int:
+    """``balance - held - frozen`` of one wallet, in one indexed read in the usual case
+    (no lot past its expiry), for headers on every API response."""
+    row = Wallet.objects.filter(pk=wallet_id).values("balance", "held", "next_expiry_at").first()
+    if row is None:
+        raise WalletNotFound(wallet_id=wallet_id)
+    now = now or timezone.now()
+    frozen = 0
+    if row["next_expiry_at"] is not None and row["next_expiry_at"] <= now:
+        frozen = (
+            CreditLot.objects.filter(
+                wallet_id=wallet_id, has_credits=True, expires_at__lte=now
+            ).aggregate(total=Sum("remaining"))["total"]
+            or 0
+        )
+    return max(row["balance"] - row["held"] - frozen, 0)
+
+
+def hold_total_active(*, hold_ids: Any) -> int:
+    """Sum of the active holds among ``hold_ids`` (ids or a subquery of ids): credits still
+    reserved by requests in flight. Holds leave the sum when captured, released or expired."""
+    total = Hold.objects.filter(pk__in=hold_ids, status=Hold.Status.ACTIVE).aggregate(
+        total=Sum("amount")
+    )["total"]
+    return int(total or 0)

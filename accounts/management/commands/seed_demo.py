@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from accounts import selectors, services
 from accounts.models import Organization
+from usage import demo as usage_demo
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
@@ -76,7 +77,10 @@ class Command(BaseCommand):
             reference=source,
             reason="Demo data",
         )
+        secrets = usage_demo.seed(user=demo, organization=org)
         if not options["quiet"]:
+            for name, secret in secrets.items():
+                self.stdout.write(f"API token {name!r} (shown once): {secret}")
             self.stdout.write(
                 self.style.SUCCESS(
                     f"Demo ready. Log in as {DEMO_EMAIL} / {DEMO_PASSWORD} "
