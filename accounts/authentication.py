@@ -36,7 +36,11 @@ def required_scope(view: Any, method: str) -> str | None:
     """The scope a token needs to call ``view`` with ``method`` (None: tokens refused)."""
     per_method = getattr(view, "required_scopes", None)
     if per_method is not None:
-        return per_method.get(method.upper())
+        if method.upper() in per_method:
+            return per_method[method.upper()]
+        # A method the view does not implement gets DRF's 405; one it implements but did
+        # not declare is refused.
+        return None if hasattr(view, method.lower()) else ApiToken.Scope.READ
     declared = getattr(view, "required_scope", None)
     if declared is not None:
         return str(declared)

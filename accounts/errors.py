@@ -67,12 +67,6 @@ class InvalidTokenName(ApplicationError):
     default_message = "A token needs a name of at most 100 characters."
 
 
-class TokenGroupNotFound(ApplicationError):
-    code = "token_group_not_found"
-    status_code = status.HTTP_404_NOT_FOUND
-    default_message = "No such token group."
-
-
 class NotAMember(ApplicationError):
     code = "not_a_member"
     status_code = status.HTTP_403_FORBIDDEN

@@ -34,7 +34,6 @@ from accounts.errors import (
     OrganizationSlugTaken,
     TokenAlreadyRevoked,
     TokenExpired,
-    TokenGroupNotFound,
     TokenRevoked,
 )
 from accounts.models import (
@@ -238,10 +237,16 @@ def token_group_create(
 
 
 def token_group_default() -> TokenGroup:
+    """The group new tokens join. A migration creates ``default`` (tier ``standard``, rate
+    1.0); if no group carries the flag any more, that one is made again rather than leaving
+    tokens without a group."""
     group = TokenGroup.objects.filter(is_default=True).select_related("tier").first()
-    if group is None:  # the data migration creates one; staff may have removed the flag
-        raise TokenGroupNotFound("No default token group is configured.")
-    return group
+    if group is not None:
+        return group
+    tier = BillingTier.objects.filter(name="standard").first() or billing_tier_create(
+        name="standard", rate="1.0", description="List price"
+    )
+    return token_group_create(name="default", tier=tier, is_default=True)
 
 
 # --- API tokens -----------------------------------------------------------------------

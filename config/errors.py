@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
@@ -54,6 +56,12 @@ class IdempotencyConflict(ApplicationError):
     code = "idempotency_conflict"
     status_code = status.HTTP_409_CONFLICT
     default_message = "This idempotency key was already used with different parameters."
+
+
+class RequestTooLarge(ApplicationError):
+    code = "request_too_large"
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_message = "The request body is larger than this server accepts."
 
 
 class RateLimited(ApplicationError):
@@ -104,6 +112,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
     if isinstance(exc, ApplicationError):
         return error_response(exc)
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(RequestTooLarge(limit_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE))
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

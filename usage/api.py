@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
@@ -47,12 +48,49 @@ from wallet.models import LedgerEntry
 
 _MAX_TOKENS = settings.METERING_MAX_TOKENS
 _REPLAYED = "Idempotent-Replayed"
+_AUTHORIZE_EXAMPLE = OpenApiExample(
+    "Chat completion",
+    request_only=True,
+    value={
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Summarize the attached contract."},
+        ],
+        "max_tokens": 512,
+        "request_id": "gw-7f3a9c",
+        "endpoint": "chat.completions",
+    },
+)
+_USAGE_EXAMPLE = {
+    "input_tokens": 1200,
+    "cached_input_tokens": 1000,
+    "output_tokens": 310,
+    "reasoning_tokens": 0,
+    "latency_ms": 1840,
+    "status": "succeeded",
+    "metadata": {"retries": 0, "tools": ["web_search"], "iterations": 2, "region": "us-east"},
+}
+_CAPTURE_EXAMPLE = OpenApiExample("Actual usage", request_only=True, value=_USAGE_EXAMPLE)
+_ONE_SHOT_EXAMPLE = OpenApiExample(
+    "A finished request",
+    request_only=True,
+    value={"model": "gpt-4o-mini", "endpoint": "chat.completions", **_USAGE_EXAMPLE},
+)
+_IDEMPOTENCY_TEXT = (
+    "Your id for this request (at most 150 characters): a retry with the same key and body "
+    "returns the first result; another body with it is a 409."
+)
 _IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, description=_IDEMPOTENCY_TEXT
+)
+_IDEMPOTENCY_HEADER_REQUIRED = OpenApiParameter(
     "Idempotency-Key",
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
-    description="Your id for this request (at most 150 characters): a retry with the same "
-    "key and body returns the first result; another body with it is a 409.",
+    required=True,
+    pattern="^[!-~]{1,150}$",
+    description=_IDEMPOTENCY_TEXT,
 )
 
 
@@ -338,6 +376,7 @@ class AuthorizationCreateApi(APIView):
         tags=["metering"],
         parameters=[_IDEMPOTENCY_HEADER],
         request=InputSerializer,
+        examples=[_AUTHORIZE_EXAMPLE],
         responses={
             201: AuthorizationOutputSerializer,
             200: OpenApiResponse(AuthorizationOutputSerializer, description="A replay."),
@@ -397,6 +436,7 @@ class AuthorizationCaptureApi(APIView):
         summary="Capture: price the actual usage, charge it and record it (exactly once)",
         tags=["metering"],
         request=UsageInputSerializer,
+        examples=[_CAPTURE_EXAMPLE],
         responses={
             200: UsageRecordOutputSerializer,
             **error_responses(400, 401, 403, 404, 409, 429),
@@ -511,8 +551,9 @@ class UsageCollectionApi(APIView):
         description="Checks the same caps as an authorization against the actual cost, in "
         "the same transaction as the charge. Requires an Idempotency-Key header.",
         tags=["metering"],
-        parameters=[_IDEMPOTENCY_HEADER],
+        parameters=[_IDEMPOTENCY_HEADER_REQUIRED],
         request=InputSerializer,
+        examples=[_ONE_SHOT_EXAMPLE],
         responses={
             201: UsageRecordOutputSerializer,
             200: OpenApiResponse(UsageRecordOutputSerializer, description="A replay."),
