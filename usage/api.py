@@ -106,8 +106,8 @@ class CreditsField(serializers.CharField):
         return f"{money.micro_to_credits(value):.6f}"
 
 
-def _usd(**kwargs: Any) -> serializers.DecimalField:
-    return serializers.DecimalField(max_digits=32, decimal_places=14, read_only=True, **kwargs)
+def _usd(places: int, **kwargs: Any) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=32, decimal_places=places, read_only=True, **kwargs)
 
 
 def _replayable(data: Any, *, replayed: bool, created_status: int) -> Response:
@@ -244,16 +244,16 @@ class _UsageCountsSerializer(serializers.Serializer):
 @extend_schema_serializer(component_name="UsagePricing")
 class _PricingSerializer(serializers.Serializer):
     price_id = serializers.IntegerField(help_text="The catalog version used.")
-    input_usd_per_mtok = _usd()
-    cached_input_usd_per_mtok = _usd()
-    output_usd_per_mtok = _usd()
-    reasoning_usd_per_mtok = _usd()
-    request_usd = _usd()
-    unit_usd = _usd()
+    input_usd_per_mtok = _usd(6)
+    cached_input_usd_per_mtok = _usd(6)
+    output_usd_per_mtok = _usd(6)
+    reasoning_usd_per_mtok = _usd(6)
+    request_usd = _usd(8)
+    unit_usd = _usd(8)
     markup = serializers.DecimalField(max_digits=12, decimal_places=6)
     tier_rate = serializers.DecimalField(max_digits=8, decimal_places=4)
     credits_per_usd = serializers.DecimalField(max_digits=12, decimal_places=6)
-    usd_cost = _usd(help_text="Exact cost at the provider's prices, in USD.")
+    usd_cost = _usd(14, help_text="Exact cost at the provider's prices, in USD.")
 
 
 @extend_schema_serializer(component_name="UsageRecord")
@@ -312,8 +312,93 @@ class AuthorizationOutputSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField(source="authorization.expires_at")
 
 
+# --- Payloads on the hot path ----------------------------------------------------------
+# The metering endpoints answer hundreds of times a second, and a DRF serializer rebuilds
+# (deep-copies) its fields on every use: these build the very same dicts directly. The
+# serializers above stay the documented shape (OpenAPI), and a test checks that both
+# render every field identically.
+
+
+def _credits(micro: int) -> str:
+    return f"{money.micro_to_credits(micro):.6f}"
+
+
+def _decimal(value: Decimal, places: int) -> str:
+    return format(value.quantize(Decimal(1).scaleb(-places)), "f")
+
+
+def _timestamp(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def authorization_payload(result: services.AuthorizationResult) -> dict[str, Any]:
+    a = result.authorization
+    return {
+        "id": a.pk,
+        "request_id": a.request_id,
+        "status": result.status,
+        "model": a.model,
+        "endpoint": a.endpoint,
+        "price_id": a.price_id,
+        "amount": _credits(a.amount_micro),
+        "estimated_input_tokens": a.estimated_input_tokens,
+        "max_tokens": a.max_tokens,
+        "estimated_task_units": _decimal(a.estimated_task_units, 6),
+        "tier_rate": _decimal(a.tier_rate, 4),
+        "created_at": _timestamp(a.created_at),
+        "expires_at": _timestamp(a.expires_at),
+    }
+
+
+def usage_record_payload(r: UsageRecord) -> dict[str, Any]:
+    return {
+        "id": r.pk,
+        "request_id": r.request_id,
+        "authorization_id": r.authorization_id,
+        "model": r.model,
+        "endpoint": r.endpoint,
+        "status": r.status,
+        "error": r.error,
+        "token_id": r.token_id,
+        "token_group": r.token_group.name if r.token_group is not None else None,
+        "started_at": _timestamp(r.started_at),
+        "finished_at": _timestamp(r.finished_at),
+        "latency_ms": r.latency_ms,
+        "usage": {
+            "input_tokens": r.input_tokens,
+            "cached_input_tokens": r.cached_input_tokens,
+            "output_tokens": r.output_tokens,
+            "reasoning_tokens": r.reasoning_tokens,
+            "task_units": _decimal(r.task_units, 6),
+            "unit_name": r.unit_name,
+        },
+        "pricing": {
+            "price_id": r.price_id,
+            "input_usd_per_mtok": _decimal(r.input_usd_per_mtok, 6),
+            "cached_input_usd_per_mtok": _decimal(r.cached_input_usd_per_mtok, 6),
+            "output_usd_per_mtok": _decimal(r.output_usd_per_mtok, 6),
+            "reasoning_usd_per_mtok": _decimal(r.reasoning_usd_per_mtok, 6),
+            "request_usd": _decimal(r.request_usd, 8),
+            "unit_usd": _decimal(r.unit_usd, 8),
+            "markup": _decimal(r.markup, 6),
+            "tier_rate": _decimal(r.tier_rate, 4),
+            "credits_per_usd": _decimal(r.credits_per_usd, 6),
+            "usd_cost": _decimal(r.usd_cost, 14),
+        },
+        "cost": _credits(r.cost_micro),
+        "charged": _credits(r.charged_micro),
+        "shortfall": _credits(r.shortfall_micro),
+        "estimated": r.estimated,
+        "metadata": r.metadata,
+        "created_at": _timestamp(r.created_at),
+    }
+
+
 def _authorization_data(result: services.AuthorizationResult) -> Any:
-    return AuthorizationOutputSerializer(result).data
+    return authorization_payload(result)
 
 
 # --- Metering -------------------------------------------------------------------------
@@ -453,7 +538,7 @@ class AuthorizationCaptureApi(APIView):
             authorization=authorization, report=serializer.report()
         )
         return _replayable(
-            UsageRecordOutputSerializer(result.record).data,
+            usage_record_payload(result.record),
             replayed=result.replayed,
             created_status=status.HTTP_200_OK,
         )
@@ -543,7 +628,7 @@ class UsageCollectionApi(APIView):
         paginator = NewestFirst()
         records = _usage_records(request).select_related("token_group")
         page = paginator.paginate_queryset(records, request, view=self)
-        return paginator.get_paginated_response(UsageRecordOutputSerializer(page, many=True).data)
+        return paginator.get_paginated_response([usage_record_payload(r) for r in page or []])
 
     @extend_schema(
         operation_id="usage_create",
@@ -573,7 +658,7 @@ class UsageCollectionApi(APIView):
             client_ip=client_ip(request),
         )
         return _replayable(
-            UsageRecordOutputSerializer(result.record).data,
+            usage_record_payload(result.record),
             replayed=result.replayed,
             created_status=status.HTTP_201_CREATED,
         )
@@ -592,7 +677,7 @@ class UsageDetailApi(APIView):
         record = selectors.usage_record_get(
             user=request.user, wallet_id=request_wallet_id(request), record_id=record_id
         )
-        return Response(UsageRecordOutputSerializer(record).data)
+        return Response(usage_record_payload(record))
 
 
 class CsvRenderer(BaseRenderer):

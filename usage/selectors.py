@@ -13,19 +13,34 @@ from typing import Any
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
+from config import sql
 from usage.errors import AuthorizationNotFound, UnknownModel, UsageRecordNotFound
 from usage.models import Authorization, ModelPrice, UsageRecord
+from wallet.models import Hold
+
+# The hot-path reads are plain SQL (see config/sql.py); the index
+# model_price_lookup_idx (model, effective_from DESC) answers the first with one probe.
+# Column lists come from the models' metadata, never from input.
+_CURRENT_PRICE = (
+    f'SELECT {sql.columns(ModelPrice, "p")} FROM "usage_modelprice" p '  # noqa: S608
+    'WHERE p."model" = %s AND p."effective_from" <= %s ORDER BY p."effective_from" DESC LIMIT 1'
+)
+_AUTHORIZATION_FOR_TOKEN = (
+    f"SELECT {sql.columns(Authorization, 'a')}, {sql.columns(Hold, 'h')}, "  # noqa: S608
+    f"{sql.columns(ModelPrice, 'p')} "
+    'FROM "usage_authorization" a '
+    'JOIN "wallet_hold" h ON h."id" = a."hold_id" '
+    'JOIN "usage_modelprice" p ON p."id" = a."price_id" '
+    'WHERE a."id" = %s AND a."token_id" = %s'
+)
 
 
 def model_price_current(*, model: str, now: dt.datetime | None = None) -> ModelPrice:
     """The catalog version of ``model`` in effect at ``now``; ``UnknownModel`` if there is
     none or the model is no longer offered (its current version is inactive)."""
     now = now or timezone.now()
-    price = (
-        ModelPrice.objects.filter(model=model, effective_from__lte=now)
-        .order_by("-effective_from")
-        .first()
-    )
+    row = sql.fetch_one(_CURRENT_PRICE, [model, now])
+    price = sql.from_row(ModelPrice, row) if row is not None else None
     if price is None or not price.active:
         raise UnknownModel(model=model[:100])
     return price
@@ -44,13 +59,13 @@ def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
 
 def authorization_get_for_token(*, token: Any, authorization_id: int) -> Authorization:
     """An authorization made with ``token``; anyone else's is ``AuthorizationNotFound``."""
-    authorization = (
-        Authorization.objects.select_related("hold", "price")
-        .filter(pk=authorization_id, token_id=token.pk)
-        .first()
-    )
-    if authorization is None:
+    row = sql.fetch_one(_AUTHORIZATION_FOR_TOKEN, [authorization_id, token.pk])
+    if row is None:
         raise AuthorizationNotFound(authorization_id=authorization_id)
+    authorization = sql.from_row(Authorization, row)
+    hold = sql.from_row(Hold, row, sql.width(Authorization))
+    price = sql.from_row(ModelPrice, row, sql.width(Authorization) + sql.width(Hold))
+    authorization._state.fields_cache.update(hold=hold, price=price, token=token)
     return authorization
 
 

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiToken, Membership
+from config import sql
 from config.errors import IdempotencyConflict
 from usage import pricing, selectors
 from usage.errors import (
@@ -274,6 +275,8 @@ def authorization_status(*, authorization: Authorization) -> str:
         and UsageRecord.objects.filter(authorization=authorization).exists()
     ):
         return "captured"
+    if "hold" in authorization._state.fields_cache:
+        return str(authorization.hold.status)
     return str(Hold.objects.values_list("status", flat=True).get(pk=authorization.hold_id))
 
 
@@ -357,7 +360,8 @@ def authorization_create(
                 reference=wallet_services.Ref("accounts.apitoken", str(token.pk)),
                 now=now,
             )
-            authorization = Authorization.objects.create(
+            authorization = sql.create(
+                Authorization,
                 token=token,
                 user_id=token.user_id,
                 wallet_id=token.wallet_id,
@@ -391,6 +395,11 @@ def authorization_create(
 
 class _AlreadySettled(Exception):
     pass
+
+
+_SETTLE = (
+    'UPDATE "usage_authorization" SET "settled_at" = %s WHERE "id" = %s AND "settled_at" IS NULL'
+)
 
 
 def _report_fingerprint(report: UsageReport, **extra: Any) -> str:
@@ -505,11 +514,10 @@ def authorization_capture(
                 amount=cost,
                 now=finished_at,
             )
-            if not Authorization.objects.filter(
-                pk=authorization.pk, settled_at__isnull=True
-            ).update(settled_at=now):
+            if not sql.execute(_SETTLE, [now, authorization.pk]):
                 raise _AlreadySettled()
-            record = UsageRecord.objects.create(
+            record = sql.create(
+                UsageRecord,
                 request_id=authorization.request_id,
                 authorization=authorization,
                 wallet_id=authorization.wallet_id,
@@ -527,6 +535,7 @@ def authorization_capture(
                     fingerprint=fingerprint,
                 ),
             )
+            _cache_token_group(record, authorization._state.fields_cache.get("token"))
             reference = wallet_services.Ref.to(record)
             try:
                 charge = wallet_services.hold_capture(
@@ -544,6 +553,12 @@ def authorization_capture(
         )
         raise
     return RecordResult(record)
+
+
+def _cache_token_group(record: UsageRecord, token: ApiToken | None) -> None:
+    """The record's group is the token's (already loaded): spare the response a query."""
+    if token is not None and token.group_id == record.token_group_id:
+        record._state.fields_cache["token_group"] = token.group
 
 
 def _charge_without_hold(
@@ -648,7 +663,8 @@ def usage_record_create_oneshot(
             _spend_add(
                 token_id=token.pk, membership_id=token.membership_id, amount=cost, now=finished_at
             )
-            record = UsageRecord.objects.create(
+            record = sql.create(
+                UsageRecord,
                 request_id=request_id,
                 wallet_id=token.wallet_id,
                 user_id=token.user_id,
@@ -665,6 +681,7 @@ def usage_record_create_oneshot(
                     fingerprint=fingerprint,
                 ),
             )
+            _cache_token_group(record, token)
             if cost:
                 wallet_services.wallet_debit(
                     wallet=token.wallet_id,

@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import Count, Min, QuerySet, Sum
 from django.utils import timezone
 
+from config import sql
 from wallet.errors import WalletNotFound
 from wallet.models import CreditLot, Hold, LedgerEntry, Wallet, lot_burn_order
 
@@ -123,22 +124,26 @@ def hold_list_active(*, wallet: Wallet) -> QuerySet[Hold]:
     return Hold.objects.filter(wallet=wallet, status=Hold.Status.ACTIVE).order_by("id")
 
 
+_AVAILABLE = 'SELECT "balance", "held", "next_expiry_at" FROM "wallet_wallet" WHERE "id" = %s'
+
+
 def wallet_available(*, wallet_id: int, now: dt.datetime | None = None) -> int:
     """``balance - held - frozen`` of one wallet, in one indexed read in the usual case
     (no lot past its expiry), for headers on every API response."""
-    row = Wallet.objects.filter(pk=wallet_id).values("balance", "held", "next_expiry_at").first()
+    row = sql.fetch_one(_AVAILABLE, [wallet_id])
     if row is None:
         raise WalletNotFound(wallet_id=wallet_id)
+    balance, held, next_expiry_at = row
     now = now or timezone.now()
     frozen = 0
-    if row["next_expiry_at"] is not None and row["next_expiry_at"] <= now:
+    if next_expiry_at is not None and next_expiry_at <= now:
         frozen = (
             CreditLot.objects.filter(
                 wallet_id=wallet_id, has_credits=True, expires_at__lte=now
             ).aggregate(total=Sum("remaining"))["total"]
             or 0
         )
-    return max(row["balance"] - row["held"] - frozen, 0)
+    return max(balance - held - frozen, 0)
 
 
 def hold_total_active(*, hold_ids: Any) -> int:

@@ -10,10 +10,10 @@ import warnings
 from typing import Any
 
 import pytest
-from django.core.handlers.asgi import ASGIHandler
 from django.db import connection
 
 from accounts.models import ApiToken, User
+from config.asgi import application
 from tests.helpers import credit
 from tests.usage.conftest import make_token
 from usage import pricing, services
@@ -90,7 +90,7 @@ def test_an_abandoned_export_leaves_the_connection_usable(exporter: ApiToken) ->
 
 
 def _asgi_get(path: str, query: str, secret: str) -> tuple[int, dict[bytes, bytes], list[bytes]]:
-    """One GET through Django's real ASGI handler, as uvicorn would send it."""
+    """One GET through the production ASGI application, as uvicorn would send it."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -122,7 +122,7 @@ def _asgi_get(path: str, query: str, secret: str) -> tuple[int, dict[bytes, byte
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        await ASGIHandler()(scope, receive, send)
+        await application(scope, receive, send)
 
     asyncio.run(run())
     start = sent[0]
