@@ -570,3 +570,26 @@ def membership_spend_add(*, membership_id: int, amount: int, now: dt.datetime) -
     again when a new month begins."""
     month = month_start(now)
     sql.execute(_MEMBER_SPEND_ADD, [month, amount, max(amount, 0), month, membership_id])
+
+
+def model_rules_clean(rules: Iterable[str]) -> list[str]:
+    """Validate model allow-list entries (ids or shell patterns), e.g. for admin forms."""
+    return _clean_models(rules)
+
+
+def ip_rules_clean(rules: Iterable[str]) -> list[str]:
+    """Validate and normalize IP / CIDR allow-list entries."""
+    return _clean_ips(rules)
+
+
+@transaction.atomic
+def token_group_save(*, group: TokenGroup) -> TokenGroup:
+    """Save an edited group (staff). Making it the default takes the flag from the previous
+    default in the same transaction, so exactly one group stays the default."""
+    group.allowed_models = _clean_models(group.allowed_models or [])
+    if group.is_default:
+        TokenGroup.objects.select_for_update().filter(is_default=True).exclude(pk=group.pk).update(
+            is_default=False
+        )
+    group.save()
+    return group

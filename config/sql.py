@@ -60,14 +60,19 @@ def width(model: type[models.Model]) -> int:
 
 
 @functools.cache
-def _converters(model: type[models.Model]) -> tuple[tuple[int, models.Field, Any], ...]:
-    """(position, field, converter) for the fields whose database values need converting
-    (JSON decoding, for instance); the same for every row of the model."""
-    return tuple(
-        (index, field, converter)
-        for index, field in enumerate(_fields(model))
-        for converter in field.get_db_converters(connection)
-    )
+def _converters(model: type[models.Model], vendor: str) -> tuple[tuple[int, Any, Any], ...]:
+    """(position, column, converter) for the columns whose database values need
+    converting, the backend's first and then the field's, as the ORM applies them (JSON
+    decoding; decimals on SQLite); the same for every row of the model."""
+    found = []
+    for index, field in enumerate(_fields(model)):
+        column = field.get_col(model._meta.db_table)
+        for converter in [
+            *connection.ops.get_db_converters(column),
+            *field.get_db_converters(connection),
+        ]:
+            found.append((index, column, converter))
+    return tuple(found)
 
 
 @functools.cache
@@ -78,8 +83,8 @@ def _attnames(model: type[models.Model]) -> list[str]:
 def from_row(model: type[M], row: Sequence[Any], start: int = 0) -> M:
     """The instance whose columns (as selected by ``columns``) start at ``row[start]``."""
     values = list(row[start : start + len(_fields(model))])
-    for index, field, converter in _converters(model):
-        values[index] = converter(values[index], field, connection)
+    for index, column, converter in _converters(model, connection.vendor):
+        values[index] = converter(values[index], column, connection)
     return model.from_db(connection.alias, _attnames(model), values)
 
 

@@ -492,7 +492,8 @@ def authorization_capture(
 
     If the cost exceeds the hold plus the wallet's available credits, what is available is
     charged and the rest recorded as ``shortfall``. A hold that expired before the capture
-    is charged the same way, without its reservation (the request did run). Capturing a
+    is charged the same way, without its reservation (the request did run), for up to
+    ``METERING_LATE_CAPTURE_SECONDS`` after its expiry; later, ``HoldExpired``. Capturing a
     released authorization raises ``HoldReleased``.
     """
     now = now or timezone.now()
@@ -605,12 +606,15 @@ def authorization_release(
 
 
 def authorizations_close_stale(*, batch_size: int = 1000, now: dt.datetime | None = None) -> int:
-    """Housekeeping: mark unsettled authorizations whose hold is no longer active (it
-    expired and nobody captured or released it) as settled, so the partial indexes the cap
-    checks scan stay small. Caps are right without it: they count active holds only."""
+    """Housekeeping: close authorizations whose hold expired unsettled more than
+    ``METERING_LATE_CAPTURE_SECONDS`` ago. Until then a late capture is still charged (the
+    request did run); after, it is refused with ``HoldExpired``. Closing keeps the partial
+    indexes the cap checks scan small; the caps are right without it (they count active
+    holds only)."""
     now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.METERING_LATE_CAPTURE_SECONDS)
     stale = list(
-        Authorization.objects.filter(settled_at__isnull=True, expires_at__lte=now)
+        Authorization.objects.filter(settled_at__isnull=True, expires_at__lte=cutoff)
         .exclude(hold__status=Hold.Status.ACTIVE)
         .values_list("pk", flat=True)[:batch_size]
     )

@@ -124,16 +124,17 @@ def hold_list_active(*, wallet: Wallet) -> QuerySet[Hold]:
     return Hold.objects.filter(wallet=wallet, status=Hold.Status.ACTIVE).order_by("id")
 
 
-_AVAILABLE = 'SELECT "balance", "held", "next_expiry_at" FROM "wallet_wallet" WHERE "id" = %s'
+_WALLET = f'SELECT {sql.columns(Wallet, "w")} FROM "wallet_wallet" w WHERE w."id" = %s'  # noqa: S608
 
 
 def wallet_available(*, wallet_id: int, now: dt.datetime | None = None) -> int:
     """``balance - held - frozen`` of one wallet, in one indexed read in the usual case
     (no lot past its expiry), for headers on every API response."""
-    row = sql.fetch_one(_AVAILABLE, [wallet_id])
+    row = sql.fetch_one(_WALLET, [wallet_id])
     if row is None:
         raise WalletNotFound(wallet_id=wallet_id)
-    balance, held, next_expiry_at = row
+    wallet = sql.from_row(Wallet, row)
+    balance, held, next_expiry_at = wallet.balance, wallet.held, wallet.next_expiry_at
     now = now or timezone.now()
     frozen = 0
     if next_expiry_at is not None and next_expiry_at <= now:

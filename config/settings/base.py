@@ -109,6 +109,8 @@ def pool_connections(database: Any) -> None:
 if env.bool("DB_POOL", default=False):
     pool_connections(DATABASES["default"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Covering indexes (INCLUDE) are PostgreSQL's; SQLite ignores the extra columns, harmlessly.
+SILENCED_SYSTEM_CHECKS = ["models.W040"]
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -162,7 +164,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "usage-authorizations-close-stale": {
+        "task": "usage.tasks.authorizations_close_stale",
+        "schedule": 600.0,
+    },
+}
 
 # --- Email ----------------------------------------------------------------------------
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
@@ -221,6 +228,8 @@ API_TOKEN_LAST_USED_INTERVAL = env.int("API_TOKEN_LAST_USED_INTERVAL", default=6
 METERING_DEFAULT_MAX_TOKENS = env.int("METERING_DEFAULT_MAX_TOKENS", default=4096)
 # Largest token count accepted in any field of one request; more is a mistake, not usage.
 METERING_MAX_TOKENS = env.int("METERING_MAX_TOKENS", default=10_000_000)
+# How long after its hold expired an authorization can still be captured (and charged).
+METERING_LATE_CAPTURE_SECONDS = env.int("METERING_LATE_CAPTURE_SECONDS", default=86400)
 # Bytes per chunk of the streamed usage export.
 USAGE_EXPORT_CHUNK_BYTES = env.int("USAGE_EXPORT_CHUNK_BYTES", default=256 * 1024)
 # Let PostgreSQL format the export with COPY (False uses the portable Python writer).

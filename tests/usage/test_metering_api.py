@@ -664,3 +664,23 @@ def test_free_requests_still_hold_one_micro_credit(api: Api, funded: Wallet) -> 
     assert record["charged"] == "0.000000"
     assert refresh(funded).held == 0 and refresh(funded).balance == micro("100")
     assert_ledger_ok(funded)
+
+
+def test_stale_authorizations_are_closed_by_the_job(api: Api, funded: Wallet, settings) -> None:  # type: ignore[no-untyped-def]
+    from usage.tasks import authorizations_close_stale
+
+    stale = authorize(api, max_tokens=10, ttl_seconds=10).json()
+    live = authorize(api, max_tokens=10).json()
+    wallet_services.holds_expire(now=timezone.now() + timezone.timedelta(seconds=11))
+    assert authorizations_close_stale.delay().get() == 0  # still in the late-capture window
+    past = timezone.now() - timezone.timedelta(seconds=settings.METERING_LATE_CAPTURE_SECONDS + 1)
+    Authorization.objects.filter(pk=stale["id"]).update(expires_at=past)
+    assert authorizations_close_stale.delay().get() == 1
+    assert Authorization.objects.get(pk=stale["id"]).settled_at is not None
+    assert Authorization.objects.get(pk=live["id"]).settled_at is None
+    assert authorizations_close_stale.delay().get() == 0
+    # past the window, a capture is refused and charges nothing
+    before = snapshot(funded)
+    body = api.post(capture_url(stale["id"]), {"output_tokens": 10})
+    assert snapshot(funded) == before
+    assert body.status_code == 409 and error_code(body) == "hold_expired"
