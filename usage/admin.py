@@ -16,6 +16,7 @@ from django.utils.html import format_html
 
 from usage import services
 from usage.models import Authorization, ModelPrice, UsageRecord
+from wallet import admin as wallet_admin
 
 _VERSION_FIELDS = (
     "model",
@@ -101,17 +102,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
         obj._state.adding = False
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(wallet_admin.ReadOnlyAdmin):
     show_full_result_count = False  # no COUNT(*) over millions of rows per page
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Authorization)
