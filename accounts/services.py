@@ -12,7 +12,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -478,6 +477,12 @@ _TOKEN_BY_PREFIX = (
 )
 
 
+_TOUCH = (
+    'UPDATE "accounts_apitoken" SET "last_used_at" = %s WHERE "id" = %s '
+    'AND ("last_used_at" IS NULL OR "last_used_at" <= %s)'
+)
+
+
 def _token_by_prefix(prefix: str) -> ApiToken | None:
     """The token with its owner, group, tier and membership, in one indexed query (the
     equivalent of ``select_related``, without compiling a query on every request)."""
@@ -527,9 +532,7 @@ def api_token_authenticate(
         raise IpNotAllowed(client_ip=client_ip)
     interval = dt.timedelta(seconds=settings.API_TOKEN_LAST_USED_INTERVAL)
     if token.last_used_at is None or token.last_used_at <= now - interval:
-        ApiToken.objects.filter(pk=token.pk).filter(
-            Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - interval)
-        ).update(last_used_at=now)
+        sql.execute(_TOUCH, [now, token.pk, now - interval])
         token.last_used_at = now
     return token
 

@@ -8,6 +8,7 @@ Redis throttling on), bound to a free port on 127.0.0.1. Then, with 16 concurren
 (one asyncio process speaking HTTP/1.1 keep-alive directly, to keep the load generator
 cheap on a 2-core machine):
 
+  (0) GET /healthz alone, the server's ceiling for any request on this machine;
   (a) authorize + capture pairs spread over 1,000 tokens and 1,000 wallets;
   (b) the same, all 16 clients on one organization's pool (16 members, a token each);
   (c) GET /api/v1/usage/export of 250k, 500k and 1M usage rows: rows per second and the
@@ -404,6 +405,26 @@ def postgres_pids(database: str) -> list[int]:
     return pids
 
 
+async def run_floor(port: int, clients: int, seconds: float) -> float:
+    """Requests per second of ``GET /healthz`` (one ``SELECT 1``, no token, no JSON body):
+    the most this server, machine and client can do for any request at all."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        connection = Connection(port)
+        await connection.open()
+        while time.perf_counter() < stop_at:
+            status, _, _ = await connection.request("GET", "/healthz", "-")
+            done += status == 200
+        connection.writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.perf_counter() - began)
+
+
 def status_kb(pid: int, field_name: str) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
@@ -482,6 +503,12 @@ def main() -> int:
         pids = server.worker_pids()
         print(f"uvicorn: {args.workers} workers {pids} on 127.0.0.1:{server.port}")
         asyncio.run(run_pairs(server.port, seeded.spread_tokens, args.clients, 3))  # warm-up
+        floor = asyncio.run(run_floor(server.port, args.clients, min(args.seconds, 10)))
+        results["floor"] = floor
+        print(
+            f"(0) GET /healthz: {floor:,.0f} requests/s, the ceiling for any request here "
+            f"(a pair is two requests: at most {floor / 2:,.0f} pairs/s; load {load_average()})"
+        )
         database = urlparse(args.database_url).path.lstrip("/")
         for name, secrets in (("a", seeded.spread_tokens), ("b", seeded.pool_tokens)):
             psql(args.database_url, "CHECKPOINT")

@@ -1,8 +1,8 @@
 import os
 from typing import Any
 
+import django
 from asgiref.sync import sync_to_async
-from django.core.asgi import get_asgi_application
 from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
@@ -25,5 +25,5 @@ class SyncStackASGIHandler(ASGIHandler):
         handler._middleware_chain = sync_to_async(handler._middleware_chain, thread_sensitive=True)
 
 
-get_asgi_application()  # sets Django up
+django.setup(set_prefix=False)  # what get_asgi_application() does before its handler
 application = SyncStackASGIHandler()

@@ -91,6 +91,12 @@ def test_an_abandoned_export_leaves_the_connection_usable(exporter: ApiToken) ->
 
 def _asgi_get(path: str, query: str, secret: str) -> tuple[int, dict[bytes, bytes], list[bytes]]:
     """One GET through the production ASGI application, as uvicorn would send it."""
+    return _asgi_get_plain(path, query, [(b"authorization", f"Bearer {secret}".encode())])
+
+
+def _asgi_get_plain(
+    path: str, query: str = "", headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, dict[bytes, bytes], list[bytes]]:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -101,7 +107,7 @@ def _asgi_get(path: str, query: str, secret: str) -> tuple[int, dict[bytes, byte
         "raw_path": path.encode(),
         "query_string": query.encode(),
         "root_path": "",
-        "headers": [(b"host", b"localhost"), (b"authorization", f"Bearer {secret}".encode())],
+        "headers": [(b"host", b"localhost"), *(headers or [])],
         "client": ("127.0.0.1", 40000),
         "server": ("localhost", 80),
     }
