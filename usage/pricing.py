@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -187,3 +188,38 @@ def estimate_usage(
             input_tokens=input_tokens, reasoning_tokens=output_tokens, task_units=task_units
         )
     return Usage(input_tokens=input_tokens, output_tokens=output_tokens, task_units=task_units)
+
+
+def breakdown_from_record(record: Any) -> PriceBreakdown:
+    """The breakdown of a recorded charge, rebuilt from the factors on the usage record
+    (not from today's catalog), with the credits recomputed by the same formula: for any
+    record, ``breakdown_from_record(r).credits_micro == r.cost_micro``."""
+    usage = Usage(
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        task_units=record.task_units,
+    )
+    rates = {
+        "input_usd_per_mtok": record.input_usd_per_mtok,
+        "output_usd_per_mtok": record.output_usd_per_mtok,
+        "cached_input_usd_per_mtok": record.cached_input_usd_per_mtok,
+        "reasoning_usd_per_mtok": record.reasoning_usd_per_mtok,
+        "request_usd": record.request_usd,
+        "unit_usd": record.unit_usd,
+    }
+    cost = usd_cost(usage=usage, **rates)
+    factor = record.markup * record.tier_rate * record.credits_per_usd
+    return PriceBreakdown(
+        price_id=record.price_id,
+        model=record.model,
+        usage=usage,
+        unit_name=record.unit_name,
+        markup=record.markup,
+        tier_rate=record.tier_rate,
+        credits_per_usd=record.credits_per_usd,
+        usd_cost=cost,
+        credits_micro=money.round_micro(cost * factor * money.MICRO_PER_CREDIT),
+        **rates,
+    )

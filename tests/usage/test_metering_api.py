@@ -12,6 +12,7 @@ from accounts import services as account_services
 from accounts.models import ApiToken, Membership, User
 from tests.helpers import assert_ledger_ok, ledger_state, micro, refresh
 from tests.usage.conftest import Api, counts, error_code, make_token
+from usage import pricing
 from usage.models import Authorization, ModelPrice, UsageRecord
 from wallet import services as wallet_services
 from wallet.models import Hold, LedgerEntry, Wallet
@@ -134,6 +135,7 @@ def test_capture_charges_the_actual_cost_and_records_every_factor(
         + record.task_units * record.unit_usd
     )
     assert usd == record.usd_cost
+    assert pricing.breakdown_from_record(record).credits_micro == record.cost_micro
     assert record.cost_micro == 7_000 and record.latency_ms == 850
     wallet = refresh(funded)
     assert (wallet.balance, wallet.held) == (micro("100") - 7_000, 0)

@@ -127,3 +127,38 @@ def test_estimate_reserves_output_at_the_dearer_of_output_and_reasoning(settings
     plain.max_output_tokens = 300
     assert output_reserve(price=plain, max_tokens=5000) == 300
     assert output_reserve(price=plain, max_tokens=200) == 200
+
+
+@pytest.mark.parametrize(("rates", "usage", "tier", "markup", "cpu", "micro", "usd"), CASES)
+def test_a_record_recomputes_its_charge(
+    settings, rates, usage: Usage, tier: str, markup: str, cpu: str, micro: int, usd: str
+) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from usage.pricing import breakdown_from_record
+
+    settings.CREDITS_PER_USD = D(cpu)
+    settings.PRICE_MARKUP = D(markup)
+    priced = price_usage(price=price(**rates), usage=usage, tier_rate=D(tier))
+    record = SimpleNamespace(
+        price_id=None,
+        model="m",
+        unit_name="",
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        task_units=usage.task_units,
+        input_usd_per_mtok=priced.input_usd_per_mtok,
+        output_usd_per_mtok=priced.output_usd_per_mtok,
+        cached_input_usd_per_mtok=priced.cached_input_usd_per_mtok,
+        reasoning_usd_per_mtok=priced.reasoning_usd_per_mtok,
+        request_usd=priced.request_usd,
+        unit_usd=priced.unit_usd,
+        markup=priced.markup,
+        tier_rate=priced.tier_rate,
+        credits_per_usd=priced.credits_per_usd,
+    )
+    settings.CREDITS_PER_USD = D("777")  # today's settings do not matter to a record
+    rebuilt = breakdown_from_record(record)
+    assert (rebuilt.credits_micro, rebuilt.usd_cost) == (micro, D(usd))
