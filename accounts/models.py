@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, ClassVar
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
@@ -110,6 +111,10 @@ class Membership(models.Model):
         help_text="Most this member may spend from the pool per calendar month (UTC), in "
         "micro-credits. Empty means no limit beyond the pool's balance.",
     )
+    # What the member's API tokens were charged from the pool in ``spend_month`` (the first
+    # day of a calendar month, UTC); written only by usage capture, under this row's lock.
+    spend_month = models.DateField(null=True, blank=True)
+    spend_month_micro = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -122,6 +127,10 @@ class Membership(models.Model):
                 | models.Q(monthly_spend_limit_micro__gte=0),
                 name="accounts_membership_limit_non_negative",
             ),
+            models.CheckConstraint(
+                condition=models.Q(spend_month_micro__gte=0),
+                name="accounts_membership_spend_non_negative",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -130,3 +139,140 @@ class Membership(models.Model):
     @property
     def can_manage(self) -> bool:
         return self.role in (self.Role.OWNER, self.Role.ADMIN)
+
+    def spent_in(self, month: dt.date) -> int:
+        """Micro-credits charged to this member in ``month`` (its first day)."""
+        return self.spend_month_micro if self.spend_month == month else 0
+
+
+class BillingTier(models.Model):
+    """A rate multiplier on every price (DESIGN.md: ``tier_rate``), e.g. 0.3, 1.0 or 1.5."""
+
+    name = models.CharField(max_length=64, unique=True)
+    rate = models.DecimalField(
+        max_digits=8,
+        decimal_places=4,
+        help_text="Multiplier applied to the credit cost of every request (1.0 = list price).",
+    )
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(rate__gt=0), name="billing_tier_rate_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (x{self.rate.normalize()})"
+
+
+class TokenGroup(models.Model):
+    """A class of API tokens: its billing tier and, optionally, the models it may call."""
+
+    name = models.CharField(max_length=64, unique=True)
+    tier = models.ForeignKey(BillingTier, on_delete=models.PROTECT, related_name="groups")
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Model ids (shell patterns such as gpt-4o* allowed); empty allows every model.",
+    )
+    is_default = models.BooleanField(
+        default=False, help_text="New tokens join this group unless another is chosen."
+    )
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="token_group_one_default",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiToken(models.Model):
+    """A scoped API credential. Only a public prefix and the SHA-256 of the secret are kept;
+    the secret (``sk-live-<prefix>-<secret>``) is shown once, at creation or rotation.
+
+    The token spends from one wallet: its owner's, or the pool of an organization the owner
+    belongs to (``membership`` is then set; when the membership ends the token stops working).
+    """
+
+    class Scope(models.TextChoices):
+        INFERENCE = "inference", "Inference (the OpenAI-compatible gateway)"
+        METERING = "metering", "Metering (authorize, capture, release, record)"
+        READ = "read", "Read (wallet, ledger, usage)"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        REVOKED = "revoked", "Revoked"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="api_tokens")
+    wallet = models.ForeignKey(
+        "wallet.Wallet", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="api_tokens"
+    )
+    membership = models.ForeignKey(
+        Membership,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="api_tokens",
+        help_text="For organization tokens: the owner's membership, whose spend limit applies.",
+    )
+    name = models.CharField(max_length=100)
+    group = models.ForeignKey(TokenGroup, on_delete=models.PROTECT, related_name="tokens")
+    scopes = models.JSONField(default=list, help_text="Subset of inference, metering, read.")
+    quota_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most this token may spend in total, in micro-credits; empty = unlimited "
+        "(still limited by the wallet's balance).",
+    )
+    used_micro = models.BigIntegerField(default=0, help_text="Micro-credits charged so far.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model ids or patterns; empty = the group's models."
+    )
+    allowed_ips = models.JSONField(
+        default=list, blank=True, help_text="IP addresses or CIDR ranges; empty = anywhere."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64, help_text="SHA-256 of the full secret.")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(quota_micro__isnull=True) | models.Q(quota_micro__gte=0),
+                name="api_token_quota_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(used_micro__gte=0), name="api_token_used_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(membership__isnull=True) | models.Q(organization__isnull=False),
+                name="api_token_membership_needs_organization",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (sk-live-{self.prefix}-…)"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"sk-live-{self.prefix}"
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes

@@ -3,22 +3,52 @@ the same transaction, so no owner ever exists without one."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import ipaddress
 import re
+from collections.abc import Iterable
+from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.text import slugify
 
+from accounts import tokens
 from accounts.errors import (
     AlreadyMember,
     EmailTaken,
     InvalidCountry,
+    InvalidIpRule,
+    InvalidModelRule,
+    InvalidQuota,
+    InvalidScopes,
+    InvalidToken,
+    InvalidTokenName,
+    IpNotAllowed,
     LastOwner,
     NotAllowed,
+    NotAMember,
     OrganizationSlugTaken,
+    TokenAlreadyRevoked,
+    TokenExpired,
+    TokenRevoked,
 )
-from accounts.models import Membership, Organization, User, normalize_email
+from accounts.models import (
+    ApiToken,
+    BillingTier,
+    Membership,
+    Organization,
+    TokenGroup,
+    User,
+    normalize_email,
+)
+from config import sql
 from wallet import money
+from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
+from wallet.errors import InvalidAmount, InvalidExpiry
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
@@ -163,3 +193,406 @@ def membership_update(
         membership.monthly_spend_limit_micro = _limit_micro(monthly_spend_limit_credits)
     membership.save(update_fields=["role", "monthly_spend_limit_micro"])
     return membership
+
+
+# --- Billing tiers and token groups ---------------------------------------------------
+
+
+def billing_tier_create(*, name: str, rate: object, description: str = "") -> BillingTier:
+    """A rate multiplier (DESIGN.md ``tier_rate``). Refuses rates that are not > 0."""
+    parsed = money.to_decimal(rate, field="rate")
+    if parsed <= 0 or parsed.as_tuple().exponent < -4:  # type: ignore[operator]
+        raise InvalidAmount("The rate must be positive with at most 4 decimals.", rate=str(rate))
+    tier, _ = BillingTier.objects.update_or_create(
+        name=name.strip(), defaults={"rate": parsed, "description": description}
+    )
+    return tier
+
+
+@transaction.atomic
+def token_group_create(
+    *,
+    name: str,
+    tier: BillingTier,
+    allowed_models: Iterable[str] = (),
+    is_default: bool = False,
+    description: str = "",
+) -> TokenGroup:
+    """Create (or update, by name) a token group. Making it the default takes the flag from
+    the previous default in the same transaction."""
+    if is_default:
+        TokenGroup.objects.select_for_update().filter(is_default=True).exclude(
+            name=name.strip()
+        ).update(is_default=False)
+    group, _ = TokenGroup.objects.update_or_create(
+        name=name.strip(),
+        defaults={
+            "tier": tier,
+            "allowed_models": _clean_models(allowed_models),
+            "is_default": is_default,
+            "description": description,
+        },
+    )
+    return group
+
+
+def token_group_default() -> TokenGroup:
+    """The group new tokens join. A migration creates ``default`` (tier ``standard``, rate
+    1.0); if no group carries the flag any more, that one is made again rather than leaving
+    tokens without a group."""
+    group = TokenGroup.objects.filter(is_default=True).select_related("tier").first()
+    if group is not None:
+        return group
+    tier = BillingTier.objects.filter(name="standard").first() or billing_tier_create(
+        name="standard", rate="1.0", description="List price"
+    )
+    return token_group_create(name="default", tier=tier, is_default=True)
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+_MAX_RULES = 100
+
+
+def _clean_scopes(scopes: Iterable[str]) -> list[str]:
+    cleaned = sorted({str(s).strip().lower() for s in scopes})
+    if not cleaned or not set(cleaned) <= set(ApiToken.Scope.values):
+        raise InvalidScopes(scopes=list(scopes))
+    return cleaned
+
+
+def _clean_ips(rules: Iterable[str]) -> list[str]:
+    cleaned: list[str] = []
+    for rule in rules:
+        try:
+            network = ipaddress.ip_network(str(rule).strip(), strict=False)
+        except ValueError as exc:
+            raise InvalidIpRule(rule=str(rule)) from exc
+        text = str(network) if network.num_addresses > 1 else str(network.network_address)
+        if text not in cleaned:
+            cleaned.append(text)
+    if len(cleaned) > _MAX_RULES:
+        raise InvalidIpRule(f"At most {_MAX_RULES} address rules per token.")
+    return cleaned
+
+
+def _clean_models(models_: Iterable[str]) -> list[str]:
+    cleaned: list[str] = []
+    for model in models_:
+        text = str(model).strip()
+        if not text or len(text) > 100 or any(c.isspace() for c in text):
+            raise InvalidModelRule(model=text)
+        if text not in cleaned:
+            cleaned.append(text)
+    if len(cleaned) > _MAX_RULES:
+        raise InvalidModelRule(f"At most {_MAX_RULES} model rules.")
+    return cleaned
+
+
+def _clean_quota(quota_credits: object) -> int | None:
+    if quota_credits is None or quota_credits == "":
+        return None
+    try:
+        return money.credits_to_micro(quota_credits, allow_zero=True, field="quota")
+    except InvalidAmount as exc:
+        raise InvalidQuota(quota=str(quota_credits)) from exc
+
+
+def _clean_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise InvalidTokenName()
+    return name
+
+
+@transaction.atomic
+def api_token_create(
+    *,
+    user: User,
+    name: str,
+    scopes: Iterable[str],
+    group: TokenGroup | None = None,
+    organization: Organization | None = None,
+    quota_credits: object = None,
+    expires_at: dt.datetime | None = None,
+    allowed_models: Iterable[str] = (),
+    allowed_ips: Iterable[str] = (),
+    now: dt.datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a token and return it with its secret, which is never stored or shown again.
+
+    The token spends from ``user``'s wallet, or from ``organization``'s pool when given
+    (``user`` must be a member; the membership's monthly spend limit then applies too).
+    """
+    now = now or timezone.now()
+    if expires_at is not None and expires_at <= now:
+        raise InvalidExpiry(expires_at=expires_at.isoformat())
+    membership = None
+    if organization is not None:
+        membership = Membership.objects.filter(organization=organization, user=user).first()
+        if membership is None:
+            raise NotAMember(organization=organization.slug)
+        wallet = wallet_selectors.wallet_get_for_organization(organization=organization)
+    else:
+        wallet = wallet_selectors.wallet_get_for_user(user=user)
+    fields = {
+        "user": user,
+        "wallet": wallet,
+        "organization": organization,
+        "membership": membership,
+        "name": _clean_name(name),
+        "group": group or token_group_default(),
+        "scopes": _clean_scopes(scopes),
+        "quota_micro": _clean_quota(quota_credits),
+        "expires_at": expires_at,
+        "allowed_models": _clean_models(allowed_models),
+        "allowed_ips": _clean_ips(allowed_ips),
+        "created_at": now,
+    }
+    for _attempt in range(5):  # a 48-bit prefix collides about never; the index decides
+        secret = tokens.new_secret()
+        try:
+            with transaction.atomic():
+                token = ApiToken.objects.create(
+                    prefix=secret.prefix, secret_hash=secret.hash, **fields
+                )
+        except IntegrityError:
+            continue
+        return token, secret.full
+    raise RuntimeError("Could not find a free token prefix.")
+
+
+_UNCHANGED: Any = object()
+
+
+@transaction.atomic
+def api_token_update(
+    *,
+    token: ApiToken,
+    name: str = _UNCHANGED,
+    scopes: Iterable[str] = _UNCHANGED,
+    group: TokenGroup = _UNCHANGED,
+    quota_credits: object = _UNCHANGED,
+    expires_at: dt.datetime | None = _UNCHANGED,
+    allowed_models: Iterable[str] = _UNCHANGED,
+    allowed_ips: Iterable[str] = _UNCHANGED,
+) -> ApiToken:
+    """Change a token's settings (``quota_credits=None`` removes the quota). The secret and
+    the wallet cannot change: rotate or create another token for that."""
+    locked = ApiToken.objects.select_for_update().get(pk=token.pk)
+    changes: dict[str, Any] = {}
+    if name is not _UNCHANGED:
+        changes["name"] = _clean_name(name)
+    if scopes is not _UNCHANGED:
+        changes["scopes"] = _clean_scopes(scopes)
+    if group is not _UNCHANGED:
+        changes["group"] = group
+    if quota_credits is not _UNCHANGED:
+        changes["quota_micro"] = _clean_quota(quota_credits)
+    if expires_at is not _UNCHANGED:
+        changes["expires_at"] = expires_at
+    if allowed_models is not _UNCHANGED:
+        changes["allowed_models"] = _clean_models(allowed_models)
+    if allowed_ips is not _UNCHANGED:
+        changes["allowed_ips"] = _clean_ips(allowed_ips)
+    for field, value in changes.items():
+        setattr(locked, field, value)
+    if changes:
+        locked.save(update_fields=list(changes))
+    return locked
+
+
+def api_token_revoke(*, token: ApiToken, now: dt.datetime | None = None) -> ApiToken:
+    """Stop a token from working, for good. Revoking a revoked token changes nothing.
+    Authorizations it already holds can still be captured or released by staff jobs;
+    holds nobody settles expire as usual."""
+    now = now or timezone.now()
+    ApiToken.objects.filter(pk=token.pk, status=ApiToken.Status.ACTIVE).update(
+        status=ApiToken.Status.REVOKED, revoked_at=now
+    )
+    return ApiToken.objects.get(pk=token.pk)
+
+
+def api_tokens_revoke_for_membership(
+    *, membership: Membership, now: dt.datetime | None = None
+) -> int:
+    """Revoke every token spending from an organization through ``membership`` (call it
+    when a member leaves). Returns how many were revoked."""
+    return ApiToken.objects.filter(membership=membership, status=ApiToken.Status.ACTIVE).update(
+        status=ApiToken.Status.REVOKED, revoked_at=now or timezone.now()
+    )
+
+
+@transaction.atomic
+def api_token_rotate(*, token: ApiToken, now: dt.datetime | None = None) -> tuple[ApiToken, str]:
+    """Give the token a new secret (and prefix); the old secret stops working at once.
+    Quota, usage and settings are kept."""
+    locked = ApiToken.objects.select_for_update().get(pk=token.pk)
+    if locked.status != ApiToken.Status.ACTIVE:
+        raise TokenAlreadyRevoked(token_id=locked.pk)
+    for _attempt in range(5):
+        secret = tokens.new_secret()
+        try:
+            with transaction.atomic():
+                ApiToken.objects.filter(pk=locked.pk).update(
+                    prefix=secret.prefix, secret_hash=secret.hash, rotated_at=now or timezone.now()
+                )
+        except IntegrityError:
+            continue
+        return ApiToken.objects.get(pk=locked.pk), secret.full
+    raise RuntimeError("Could not find a free token prefix.")
+
+
+@functools.lru_cache(maxsize=1024)
+def _networks(rules: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(rule, strict=False) for rule in rules)
+
+
+def api_token_ip_allowed(*, token: ApiToken, client_ip: str) -> bool:
+    if not token.allowed_ips:
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(
+        address.version == network.version and address in network
+        for network in _networks(tuple(token.allowed_ips))
+    )
+
+
+# Column lists come from the models' metadata, never from input.
+_TOKEN_BY_PREFIX = (
+    f"SELECT {sql.columns(ApiToken, 't')}, {sql.columns(User, 'u')}, "  # noqa: S608
+    f"{sql.columns(TokenGroup, 'g')}, {sql.columns(BillingTier, 'b')}, "
+    f"{sql.columns(Membership, 'm')} "
+    'FROM "accounts_apitoken" t '
+    'JOIN "accounts_user" u ON u."id" = t."user_id" '
+    'JOIN "accounts_tokengroup" g ON g."id" = t."group_id" '
+    'JOIN "accounts_billingtier" b ON b."id" = g."tier_id" '
+    'LEFT JOIN "accounts_membership" m ON m."id" = t."membership_id" '
+    'WHERE t."prefix" = %s'
+)
+
+
+_TOUCH = (
+    'UPDATE "accounts_apitoken" SET "last_used_at" = %s WHERE "id" = %s '
+    'AND ("last_used_at" IS NULL OR "last_used_at" <= %s)'
+)
+
+
+def _token_by_prefix(prefix: str) -> ApiToken | None:
+    """The token with its owner, group, tier and membership, in one indexed query (the
+    equivalent of ``select_related``, without compiling a query on every request)."""
+    row = sql.fetch_one(_TOKEN_BY_PREFIX, [prefix])
+    if row is None:
+        return None
+    at = 0
+    token = sql.from_row(ApiToken, row, at)
+    at += sql.width(ApiToken)
+    user = sql.from_row(User, row, at)
+    at += sql.width(User)
+    group = sql.from_row(TokenGroup, row, at)
+    at += sql.width(TokenGroup)
+    group._state.fields_cache["tier"] = sql.from_row(BillingTier, row, at)
+    at += sql.width(BillingTier)
+    membership = sql.from_row(Membership, row, at) if row[at] is not None else None
+    token._state.fields_cache.update(user=user, group=group, membership=membership)
+    return token
+
+
+def api_token_authenticate(
+    *, secret: str, client_ip: str, now: dt.datetime | None = None
+) -> ApiToken:
+    """The active token for a presented secret, with its group, tier and owner loaded.
+
+    One indexed lookup by prefix, then a constant-time comparison of hashes. Refuses with
+    ``InvalidToken``, ``TokenRevoked``, ``TokenExpired`` (401) or ``IpNotAllowed`` (403).
+    ``last_used_at`` is written at most once per ``API_TOKEN_LAST_USED_INTERVAL`` seconds,
+    so the hot path does not write the token row on every request.
+    """
+    prefix = tokens.parse_prefix(secret)
+    if prefix is None:
+        raise InvalidToken()
+    token = _token_by_prefix(prefix)
+    if token is None or not tokens.secret_matches(secret, token.secret_hash):
+        raise InvalidToken()
+    now = now or timezone.now()
+    if token.status != ApiToken.Status.ACTIVE:
+        raise TokenRevoked()
+    if token.organization_id is not None and token.membership_id is None:
+        raise TokenRevoked("The owner of this token is no longer a member of the organization.")
+    if not token.user.is_active:
+        raise TokenRevoked("The owner of this token is deactivated.")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise TokenExpired()
+    if not api_token_ip_allowed(token=token, client_ip=client_ip):
+        raise IpNotAllowed(client_ip=client_ip)
+    interval = dt.timedelta(seconds=settings.API_TOKEN_LAST_USED_INTERVAL)
+    if token.last_used_at is None or token.last_used_at <= now - interval:
+        sql.execute(_TOUCH, [now, token.pk, now - interval])
+        token.last_used_at = now
+    return token
+
+
+# --- Spending counters (written by usage.services inside its metering transaction) ----
+
+
+def api_token_lock(*, token_id: int) -> ApiToken:
+    """Lock a token row for a cap check (global lock order: token first)."""
+    return ApiToken.objects.select_for_update().get(pk=token_id)
+
+
+def membership_lock(*, membership_id: int) -> Membership:
+    """Lock a membership row for a cap check (lock order: after the token)."""
+    return Membership.objects.select_for_update().get(pk=membership_id)
+
+
+_SPEND_ADD = 'UPDATE "accounts_apitoken" SET "used_micro" = "used_micro" + %s WHERE "id" = %s'
+_MEMBER_SPEND_ADD = (
+    'UPDATE "accounts_membership" SET "spend_month_micro" = CASE WHEN "spend_month" = %s '
+    'THEN "spend_month_micro" + %s ELSE %s END, "spend_month" = %s WHERE "id" = %s'
+)
+
+
+def api_token_spend_add(*, token_id: int, amount: int) -> None:
+    """Add ``amount`` µcr (negative to correct) to the token's ``used_micro``; takes the
+    token's row lock if the caller does not hold it yet."""
+    sql.execute(_SPEND_ADD, [amount, token_id])
+
+
+def month_start(now: dt.datetime) -> dt.date:
+    """First day of ``now``'s calendar month in UTC (member limits are per UTC month)."""
+    return now.astimezone(dt.UTC).date().replace(day=1)
+
+
+def membership_spend_add(*, membership_id: int, amount: int, now: dt.datetime) -> None:
+    """Add ``amount`` µcr to what the member spent in ``now``'s month, starting the count
+    again when a new month begins."""
+    month = month_start(now)
+    sql.execute(_MEMBER_SPEND_ADD, [month, amount, max(amount, 0), month, membership_id])
+
+
+def model_rules_clean(rules: Iterable[str]) -> list[str]:
+    """Validate model allow-list entries (ids or shell patterns), e.g. for admin forms."""
+    return _clean_models(rules)
+
+
+def ip_rules_clean(rules: Iterable[str]) -> list[str]:
+    """Validate and normalize IP / CIDR allow-list entries."""
+    return _clean_ips(rules)
+
+
+@transaction.atomic
+def token_group_save(*, group: TokenGroup) -> TokenGroup:
+    """Save an edited group (staff). Making it the default takes the flag from the previous
+    default in the same transaction, so exactly one group stays the default."""
+    group.allowed_models = _clean_models(group.allowed_models or [])
+    if group.is_default:
+        TokenGroup.objects.select_for_update().filter(is_default=True).exclude(pk=group.pk).update(
+            is_default=False
+        )
+    group.save()
+    return group

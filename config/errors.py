@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_default_handler
 
 
 class ApplicationError(Exception):
@@ -57,10 +58,28 @@ class IdempotencyConflict(ApplicationError):
     default_message = "This idempotency key was already used with different parameters."
 
 
+class RequestTooLarge(ApplicationError):
+    code = "request_too_large"
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_message = "The request body is larger than this server accepts."
+
+
 class RateLimited(ApplicationError):
     code = "rate_limited"
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_message = "Too many attempts. Try again later."
+
+
+class CodedAPIError:
+    """Mixin for DRF's own exception types (``AuthenticationFailed``, ``PermissionDenied``)
+    raised where DRF expects them, e.g. in an authentication class, so DRF keeps its 401/403
+    handling (``WWW-Authenticate``) while the response carries our stable code and detail."""
+
+    error_code: ClassVar[str] = "error"
+
+    def __init__(self, message: str | None = None, **detail: Any) -> None:
+        super().__init__(message)  # type: ignore[call-arg]
+        self.error_detail = detail
 
 
 def error_response(error: ApplicationError) -> Response:
@@ -87,8 +106,14 @@ _DRF_CODES = {
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Render application errors and DRF's own errors in the one error shape."""
+    # Imported here: importing rest_framework.views loads the authentication classes,
+    # which import their errors from this module.
+    from rest_framework.views import exception_handler as drf_default_handler
+
     if isinstance(exc, ApplicationError):
         return error_response(exc)
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(RequestTooLarge(limit_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE))
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -103,6 +128,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     else:
         message = str(exc.detail)
         detail = {}
+    if isinstance(exc, CodedAPIError):
+        code = exc.error_code
+        detail = dict(exc.error_detail)
     wait = getattr(exc, "wait", None)
     if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
         detail["retry_after"] = int(wait) + 1

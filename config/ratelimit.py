@@ -7,8 +7,29 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from django.core.cache import cache
+from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
+from django.core.cache.backends.redis import RedisCache
+
+from config.cache import SharedRedisCache
+
+_HIT = (
+    "local n = redis.call('INCR', KEYS[1]) "
+    "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
+    "return n"
+)
+
+
+def _redis_client(key: str) -> Any:
+    """The raw Redis client behind the cache, or None for other cache backends. Django's
+    Redis cache stores integers unpickled, so ``cache.get`` reads these counters as ints."""
+    backend = caches[DEFAULT_CACHE_ALIAS]
+    if isinstance(backend, SharedRedisCache):
+        return backend.raw_client()
+    if isinstance(backend, RedisCache):
+        return backend._cache.get_client(key, write=True)
+    return None
 
 
 @dataclass(frozen=True)
@@ -32,6 +53,11 @@ class Window:
     def hit(self, subject: str) -> int:
         """Count one event; returns the count in the current window."""
         key, _ = self._key(subject)
+        client = _redis_client(key)
+        if client is not None:
+            # One round trip on the request path, atomic: count, and start the window's
+            # expiry with its first event.
+            return int(client.eval(_HIT, 1, cache.make_key(key), self.seconds + 1))
         if cache.add(key, 1, timeout=self.seconds + 1):
             return 1
         try:

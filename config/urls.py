@@ -16,6 +16,7 @@ urlpatterns = [
     path("referrals/", include("referrals.urls")),
     path("r/<str:code>", referral_views.invite, name="referral-invite"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("usage.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", account_views.healthz, name="healthz"),

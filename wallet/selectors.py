@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import Count, Min, QuerySet, Sum
 from django.utils import timezone
 
+from config import sql
 from wallet.errors import WalletNotFound
 from wallet.models import CreditLot, Hold, LedgerEntry, Wallet, lot_burn_order
 
@@ -121,3 +122,35 @@ def hold_get(*, wallet: Wallet, request_id: str) -> Hold | None:
 
 def hold_list_active(*, wallet: Wallet) -> QuerySet[Hold]:
     return Hold.objects.filter(wallet=wallet, status=Hold.Status.ACTIVE).order_by("id")
+
+
+_WALLET = f'SELECT {sql.columns(Wallet, "w")} FROM "wallet_wallet" w WHERE w."id" = %s'  # noqa: S608
+
+
+def wallet_available(*, wallet_id: int, now: dt.datetime | None = None) -> int:
+    """``balance - held - frozen`` of one wallet, in one indexed read in the usual case
+    (no lot past its expiry), for headers on every API response."""
+    row = sql.fetch_one(_WALLET, [wallet_id])
+    if row is None:
+        raise WalletNotFound(wallet_id=wallet_id)
+    wallet = sql.from_row(Wallet, row)
+    balance, held, next_expiry_at = wallet.balance, wallet.held, wallet.next_expiry_at
+    now = now or timezone.now()
+    frozen = 0
+    if next_expiry_at is not None and next_expiry_at <= now:
+        frozen = (
+            CreditLot.objects.filter(
+                wallet_id=wallet_id, has_credits=True, expires_at__lte=now
+            ).aggregate(total=Sum("remaining"))["total"]
+            or 0
+        )
+    return max(balance - held - frozen, 0)
+
+
+def hold_total_active(*, hold_ids: Any) -> int:
+    """Sum of the active holds among ``hold_ids`` (ids or a subquery of ids): credits still
+    reserved by requests in flight. Holds leave the sum when captured, released or expired."""
+    total = Hold.objects.filter(pk__in=hold_ids, status=Hold.Status.ACTIVE).aggregate(
+        total=Sum("amount")
+    )["total"]
+    return int(total or 0)

@@ -3,6 +3,7 @@ default that is safe for local use; `.env.example` lists them all."""
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import environ
@@ -45,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.middleware.CreditsRemainingMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -88,7 +90,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+def pool_connections(database: Any) -> None:
+    """Use a psycopg connection pool. Under ASGI every request runs its sync code in a
+    thread of its own, so per-thread persistent connections are never reused; a pool hands
+    connections across threads. Production turns it on (``DB_POOL``)."""
+    if database["ENGINE"] != "django.db.backends.postgresql":
+        return
+    database["CONN_MAX_AGE"] = 0
+    database.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
+        "timeout": env.int("DB_POOL_TIMEOUT", default=10),
+    }
+
+
+if env.bool("DB_POOL", default=False):
+    pool_connections(DATABASES["default"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Covering indexes (INCLUDE) are PostgreSQL's; SQLite ignores the extra columns, harmlessly.
+SILENCED_SYSTEM_CHECKS = ["models.W040"]
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -121,7 +143,7 @@ REDIS_URL = env("REDIS_URL", default="")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "config.cache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="credits"),
         }
@@ -142,7 +164,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "usage-authorizations-close-stale": {
+        "task": "usage.tasks.authorizations_close_stale",
+        "schedule": 600.0,
+    },
+}
 
 # --- Email ----------------------------------------------------------------------------
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
@@ -156,8 +183,10 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Credits <no-reply@localh
 # --- REST API -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.authentication.TokenRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
@@ -169,6 +198,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Prepaid AI credits: metering, wallet, top-ups, redemption and referrals.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "UsageStatusEnum": "usage.models.UsageRecord.Status",
+        "AuthorizationStatusEnum": "usage.services.AUTHORIZATION_STATUSES",
+    },
 }
 
 # --- Money ----------------------------------------------------------------------------
@@ -254,6 +287,24 @@ REDEMPTION_MAX_CODES_PER_BATCH = env.int("REDEMPTION_MAX_CODES_PER_BATCH", defau
 REFERRAL_MIN_TRANSFER = Decimal(env.str("REFERRAL_MIN_TRANSFER", default="10"))
 # How long an invite link is remembered in the visitor's browser before they sign up.
 REFERRAL_COOKIE_DAYS = env.int("REFERRAL_COOKIE_DAYS", default=30)
+# Multiplier on every model price (DESIGN.md ``markup``); 1 sells at the providers' prices.
+PRICE_MARKUP = Decimal(env.str("PRICE_MARKUP", default="1"))
+
+# --- API tokens and metering ----------------------------------------------------------
+# Requests per minute one API token may make (0 switches the limit off).
+API_TOKEN_RATE_LIMIT = env.int("API_TOKEN_RATE_LIMIT", default=1200)
+# A token's last_used_at is written at most once per this many seconds.
+API_TOKEN_LAST_USED_INTERVAL = env.int("API_TOKEN_LAST_USED_INTERVAL", default=60)
+# Output tokens reserved when an authorization names no max_tokens (and the model no cap).
+METERING_DEFAULT_MAX_TOKENS = env.int("METERING_DEFAULT_MAX_TOKENS", default=4096)
+# Largest token count accepted in any field of one request; more is a mistake, not usage.
+METERING_MAX_TOKENS = env.int("METERING_MAX_TOKENS", default=10_000_000)
+# How long after its hold expired an authorization can still be captured (and charged).
+METERING_LATE_CAPTURE_SECONDS = env.int("METERING_LATE_CAPTURE_SECONDS", default=86400)
+# Bytes per chunk of the streamed usage export.
+USAGE_EXPORT_CHUNK_BYTES = env.int("USAGE_EXPORT_CHUNK_BYTES", default=256 * 1024)
+# Let PostgreSQL format the export with COPY (False uses the portable Python writer).
+USAGE_EXPORT_COPY = env.bool("USAGE_EXPORT_COPY", default=True)
 
 # --- Abuse limits ---------------------------------------------------------------------
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)

@@ -1,7 +1,11 @@
 """Production: everything must come from the environment; nothing insecure by default."""
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import env
+from config.settings.base import DATABASES, env, pool_connections
+
+# The production server is ASGI (uvicorn): pool database connections unless told not to.
+if env.bool("DB_POOL", default=True):
+    pool_connections(DATABASES["default"])
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")

@@ -292,7 +292,7 @@ def test_detail_is_for_the_owner_only(user, other_user, fake_stripe) -> None:
     assert theirs.status_code == 404
     assert theirs.json()["error"]["code"] == "order_not_found"
     assert api(other_user).get("/api/v1/topups").json()["count"] == 0
-    assert Client().get(f"/api/v1/topups/{order.order_no}").status_code == 403
+    assert Client().get(f"/api/v1/topups/{order.order_no}").status_code == 401
 
 
 def test_cancel_is_for_the_owner_only_and_expires_the_session(

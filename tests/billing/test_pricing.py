@@ -169,7 +169,8 @@ def test_custom_bounds_come_from_settings(user, settings) -> None:
 
 def test_quote_api_requires_log_in() -> None:
     response = Client().get("/api/v1/topups/quote", {"amount": "10"})
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
     assert response.json()["error"]["code"] == "not_authenticated"
     assert not TopUpOrder.objects.exists()
 

@@ -181,7 +181,8 @@ def test_only_staff_with_the_refund_permission_can_refund(user, paid, staff) -> 
     customer_with_perm = grant(UserFactory(), "refund_topuporder")
     assert refund_api(customer_with_perm, paid).status_code == 403
     response = Client().post(f"/api/v1/topups/{paid.order_no}/refunds", {"reason": "x"})
-    assert response.status_code == 403
+    assert response.status_code == 401  # anonymous: asked to authenticate
+    assert response.json()["error"]["code"] == "not_authenticated"
     assert not Refund.objects.exists()
     assert Wallet.objects.get(user=user).balance == micro("103")
 

@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts.models import Organization, User
 from billing.models import TopUpOrder
 from tests.helpers import assert_ledger_ok, credit, micro, refresh
+from usage.models import UsageRecord
 from wallet import services
 from wallet.models import CreditLot, Hold, LedgerEntry, Wallet
 from wallet.verify import wallet_verify
@@ -156,8 +157,14 @@ def test_seed_demo_is_repeatable_and_leaves_a_clean_ledger() -> None:
     call_command("seed_demo", "--quiet")
     call_command("seed_demo", "--quiet")
     demo = User.objects.get(email="demo@example.com")
-    demo_topup = TopUpOrder.objects.get(user=demo)  # billing's demo order, completed once
-    assert refresh(Wallet.objects.get(user=demo)).balance == micro("30") + demo_topup.total_micro
+    # 30 credits granted plus billing's demo top-up, less the demo usage records (seeded
+    # once) charged against them.
+    demo_topup = TopUpOrder.objects.get(user=demo)
+    charged = sum(UsageRecord.objects.filter(user=demo).values_list("charged_micro", flat=True))
+    assert UsageRecord.objects.filter(user=demo).count() == 8 and charged > 0
+    assert refresh(Wallet.objects.get(user=demo)).balance == (
+        micro("30") + demo_topup.total_micro - charged
+    )
     org = Organization.objects.get(slug="demo-team")
     assert refresh(Wallet.objects.get(organization=org)).balance == micro("200")
     assert org.memberships.count() == 2

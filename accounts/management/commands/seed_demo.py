@@ -10,6 +10,7 @@ from accounts.models import Organization
 from billing.demo import billing_demo_seed
 from redemption.demo import redemption_demo_seed
 from referrals.demo import referrals_demo_seed
+from usage import demo as usage_demo
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
@@ -83,7 +84,10 @@ class Command(BaseCommand):
         billing_demo_seed(user=demo, staff=staff)
         codes = redemption_demo_seed(staff=staff)
         referrals_demo_seed(inviter=demo, staff=staff, password=DEMO_PASSWORD)
+        secrets = usage_demo.seed(user=demo, organization=org)
         if not options["quiet"]:
+            for name, secret in secrets.items():
+                self.stdout.write(f"API token {name!r} (shown once): {secret}")
             self.stdout.write(
                 self.style.SUCCESS(
                     f"Demo ready. Log in as {DEMO_EMAIL} / {DEMO_PASSWORD} "

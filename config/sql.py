@@ -1,0 +1,135 @@
+"""Plain SQL for the few statements on the metering hot path.
+
+The ORM builds each query anew on every call, and on this platform's request path
+(authenticate, price, authorize, capture: ~10 statements per request pair) that compiling
+costs more CPU than PostgreSQL spends answering. These helpers run fixed SQL through
+Django's own connection (same transaction, same error types, same adapters) and turn rows
+back into model instances with each field's own database converters, so callers still get
+ordinary model objects. The SQL is portable (PostgreSQL and SQLite).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import psycopg
+from django.db import connection, models
+
+M = TypeVar("M", bound=models.Model)
+
+
+def _run(sql: str, params: Sequence[Any], *, fetch: bool) -> Any:
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if fetch else cursor.rowcount
+    # On PostgreSQL: bind on the server and prepare once per connection, so neither side
+    # parses or plans these statements again (Django's own cursors bind on the client).
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchone() if fetch else cursor.rowcount
+
+
+def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    return _run(sql, params, fetch=True)
+
+
+def execute(sql: str, params: Sequence[Any]) -> int:
+    """Run one statement; returns the number of rows it touched."""
+    return int(_run(sql, params, fetch=False))
+
+
+@functools.cache
+def _fields(model: type[models.Model]) -> tuple[models.Field, ...]:
+    return tuple(model._meta.concrete_fields)
+
+
+def columns(model: type[models.Model], alias: str) -> str:
+    """Every concrete column of ``model``, in field order, qualified by ``alias``."""
+    return ", ".join(f'{alias}."{field.column}"' for field in _fields(model))
+
+
+def width(model: type[models.Model]) -> int:
+    return len(_fields(model))
+
+
+@functools.cache
+def _converters(model: type[models.Model], vendor: str) -> tuple[tuple[int, Any, Any], ...]:
+    """(position, column, converter) for the columns whose database values need
+    converting, the backend's first and then the field's, as the ORM applies them (JSON
+    decoding; decimals on SQLite); the same for every row of the model."""
+    found = []
+    for index, field in enumerate(_fields(model)):
+        column = field.get_col(model._meta.db_table)
+        for converter in [
+            *connection.ops.get_db_converters(column),
+            *field.get_db_converters(connection),
+        ]:
+            found.append((index, column, converter))
+    return tuple(found)
+
+
+@functools.cache
+def _attnames(model: type[models.Model]) -> list[str]:
+    return [field.attname for field in _fields(model)]
+
+
+def from_row(model: type[M], row: Sequence[Any], start: int = 0) -> M:
+    """The instance whose columns (as selected by ``columns``) start at ``row[start]``."""
+    values = list(row[start : start + len(_fields(model))])
+    for index, column, converter in _converters(model, connection.vendor):
+        values[index] = converter(values[index], column, connection)
+    return model.from_db(connection.alias, _attnames(model), values)
+
+
+@functools.cache
+def _insert_sql(model: type[models.Model], names: tuple[str, ...]) -> str:
+    meta = model._meta
+    by_name = {field.attname: field for field in _fields(model)}
+    cols = ", ".join(f'"{by_name[name].column}"' for name in names)
+    marks = ", ".join(["%s"] * len(names))
+    # Table and column names come from the model's metadata, never from input.
+    return f'INSERT INTO "{meta.db_table}" ({cols}) VALUES ({marks}) RETURNING "id"'  # noqa: S608
+
+
+_SCALARS = (bool, int, str, Decimal, dt.datetime, dt.date)
+
+
+def insert(model: type[models.Model], values: dict[str, Any]) -> int:
+    """Insert one row from ``{field attname: value}`` and return its id. Values are
+    prepared by their fields (JSON, decimals, dates), as the ORM would; database defaults
+    and constraints apply as usual."""
+    names = tuple(values)
+    by_name = {field.attname: field for field in _fields(model)}
+    # Scalars go to the driver as they are; the rest (JSON, ...) is prepared by its field.
+    params = [
+        value
+        if value is None or isinstance(value, _SCALARS)
+        else by_name[name].get_db_prep_save(value, connection)
+        for name, value in values.items()
+    ]
+    row = fetch_one(_insert_sql(model, names), params)
+    assert row is not None
+    return int(row[0])
+
+
+def create(model_class: type[M], /, **fields: Any) -> M:
+    """``model.objects.create(**fields)`` for hot paths: the instance is built (defaults
+    applied, relations resolved) and inserted with one plain statement. No ``save()``
+    hooks or signals run; the models this is used for have none."""
+    instance = model_class(**fields)
+    values = {
+        field.attname: getattr(instance, field.attname)
+        for field in _fields(model_class)
+        if not field.primary_key
+    }
+    instance.pk = insert(model_class, values)
+    instance._state.adding = False
+    instance._state.db = connection.alias
+    return instance

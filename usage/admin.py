@@ -1,0 +1,134 @@
+"""Prices are versioned: staff add versions (a new price, or taking a model off the
+catalog) but never edit one, because usage records point at the exact version they were
+charged at. Authorizations and usage records are read-only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from usage import services
+from usage.models import Authorization, ModelPrice, UsageRecord
+from wallet import admin as wallet_admin
+
+_VERSION_FIELDS = (
+    "model",
+    "display_name",
+    "provider",
+    "category",
+    "input_usd_per_mtok",
+    "cached_input_usd_per_mtok",
+    "output_usd_per_mtok",
+    "reasoning_usd_per_mtok",
+    "request_usd",
+    "unit_usd",
+    "unit_name",
+    "max_output_tokens",
+    "active",
+)
+
+
+class ModelPriceForm(forms.ModelForm):
+    class Meta:
+        model = ModelPrice
+        fields = (*_VERSION_FIELDS, "effective_from")
+
+    def clean_effective_from(self) -> Any:
+        value = self.cleaned_data["effective_from"]
+        if value is not None and value < timezone.now() - dt.timedelta(minutes=1):
+            raise forms.ValidationError(
+                "A new price cannot take effect in the past: records already charged must "
+                "keep the price they were charged at."
+            )
+        return value
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    form = ModelPriceForm
+    list_display = (
+        "model",
+        "display_name",
+        "provider",
+        "category",
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "request_usd",
+        "unit_usd",
+        "active",
+        "effective_from",
+    )
+    list_filter = ("provider", "category", "active")
+    search_fields = ("model", "display_name", "provider")
+    ordering = ("model", "-effective_from")
+    readonly_fields = ("new_version", "created_by", "created_at")
+
+    @admin.display(description="Change this price")
+    def new_version(self, obj: ModelPrice) -> str:
+        if obj.pk is None:
+            return "-"
+        url = reverse("admin:usage_modelprice_add") + f"?copy={obj.pk}"
+        return format_html('<a href="{}">Add a new version based on this one</a>', url)
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial: dict[str, Any] = dict(super().get_changeform_initial_data(request))
+        source = ModelPrice.objects.filter(pk=request.GET.get("copy") or 0).first()
+        if source is not None:
+            initial.update({name: getattr(source, name) for name in _VERSION_FIELDS})
+        initial.setdefault("effective_from", timezone.now())
+        return initial
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        created = services.model_price_create(
+            **{name: data.get(name) for name in _VERSION_FIELDS},
+            effective_from=data.get("effective_from"),
+            created_by=request.user,
+        )
+        obj.pk = created.pk
+        obj._state.adding = False
+
+
+class ReadOnlyAdmin(wallet_admin.ReadOnlyAdmin):
+    show_full_result_count = False  # no COUNT(*) over millions of rows per page
+
+
+@admin.register(Authorization)
+class AuthorizationAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at", "user", "model", "amount_micro", "settled_at")
+    search_fields = ("request_id", "user__email")
+    list_select_related = ("user",)
+    raw_id_fields = ("token", "user", "wallet", "membership", "hold", "price", "token_group")
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "created_at",
+        "user",
+        "model",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "cost_micro",
+        "charged_micro",
+        "shortfall_micro",
+    )
+    list_filter = ("status",)
+    search_fields = ("request_id", "user__email", "model")
+    list_select_related = ("user",)
+    raw_id_fields = ("authorization", "wallet", "user", "token", "token_group", "price")

@@ -1,0 +1,134 @@
+"""Reads of the price catalog, authorizations and usage records.
+
+Usage records are read by their owner only: every list and lookup is scoped to one
+(user, wallet) pair, so a token never sees another user's records, even on a shared pool.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, QuerySet, Sum
+from django.utils import timezone
+
+from config import sql
+from usage.errors import AuthorizationNotFound, UnknownModel, UsageRecordNotFound
+from usage.models import Authorization, ModelPrice, UsageRecord
+from wallet.models import Hold
+
+# The hot-path reads are plain SQL (see config/sql.py); the index
+# model_price_lookup_idx (model, effective_from DESC) answers the first with one probe.
+# Column lists come from the models' metadata, never from input.
+_CURRENT_PRICE = (
+    f'SELECT {sql.columns(ModelPrice, "p")} FROM "usage_modelprice" p '  # noqa: S608
+    'WHERE p."model" = %s AND p."effective_from" <= %s ORDER BY p."effective_from" DESC LIMIT 1'
+)
+_AUTHORIZATION_FOR_TOKEN = (
+    f"SELECT {sql.columns(Authorization, 'a')}, {sql.columns(Hold, 'h')}, "  # noqa: S608
+    f"{sql.columns(ModelPrice, 'p')} "
+    'FROM "usage_authorization" a '
+    'JOIN "wallet_hold" h ON h."id" = a."hold_id" '
+    'JOIN "usage_modelprice" p ON p."id" = a."price_id" '
+    'WHERE a."id" = %s AND a."token_id" = %s'
+)
+
+
+def model_price_current(*, model: str, now: dt.datetime | None = None) -> ModelPrice:
+    """The catalog version of ``model`` in effect at ``now``; ``UnknownModel`` if there is
+    none or the model is no longer offered (its current version is inactive)."""
+    now = now or timezone.now()
+    row = sql.fetch_one(_CURRENT_PRICE, [model, now])
+    price = sql.from_row(ModelPrice, row) if row is not None else None
+    if price is None or not price.active:
+        raise UnknownModel(model=model[:100])
+    return price
+
+
+def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
+    """The catalog as it stands at ``now``: the current version of every offered model."""
+    now = now or timezone.now()
+    current = (
+        ModelPrice.objects.filter(effective_from__lte=now)
+        .order_by("model", "-effective_from")
+        .distinct("model")
+    )
+    return sorted((p for p in current if p.active), key=lambda p: (p.provider, p.model))
+
+
+def authorization_get_for_token(*, token: Any, authorization_id: int) -> Authorization:
+    """An authorization made with ``token``; anyone else's is ``AuthorizationNotFound``."""
+    row = sql.fetch_one(_AUTHORIZATION_FOR_TOKEN, [authorization_id, token.pk])
+    if row is None:
+        raise AuthorizationNotFound(authorization_id=authorization_id)
+    authorization = sql.from_row(Authorization, row)
+    hold = sql.from_row(Hold, row, sql.width(Authorization))
+    price = sql.from_row(ModelPrice, row, sql.width(Authorization) + sql.width(Hold))
+    authorization._state.fields_cache.update(hold=hold, price=price, token=token)
+    return authorization
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    model: str | None = None
+    token_id: int | None = None
+    status: str | None = None
+    endpoint: str | None = None
+
+
+def usage_record_list(
+    *, user: Any, wallet_id: int, filters: UsageFilters | None = None
+) -> QuerySet[UsageRecord]:
+    """``user``'s records in one wallet, newest first, narrowed by ``filters``
+    (``since`` inclusive, ``until`` exclusive, on ``created_at``)."""
+    records = UsageRecord.objects.filter(user=user, wallet_id=wallet_id)
+    f = filters or UsageFilters()
+    if f.since is not None:
+        records = records.filter(created_at__gte=f.since)
+    if f.until is not None:
+        records = records.filter(created_at__lt=f.until)
+    if f.model:
+        records = records.filter(model=f.model)
+    if f.token_id is not None:
+        records = records.filter(token_id=f.token_id)
+    if f.status:
+        records = records.filter(status=f.status)
+    if f.endpoint:
+        records = records.filter(endpoint=f.endpoint)
+    return records.order_by("-id")
+
+
+def usage_record_get(*, user: Any, wallet_id: int, record_id: int) -> UsageRecord:
+    record = (
+        UsageRecord.objects.select_related("token_group")
+        .filter(pk=record_id, user=user, wallet_id=wallet_id)
+        .first()
+    )
+    if record is None:
+        raise UsageRecordNotFound(usage_record_id=record_id)
+    return record
+
+
+@dataclass(frozen=True)
+class Consumption:
+    requests: int
+    charged_micro: int
+    shortfall_micro: int
+
+
+def usage_consumption(*, wallet_id: int, user: Any = None) -> Consumption:
+    """Requests and credits charged in a wallet (by one user when given)."""
+    records = UsageRecord.objects.filter(wallet_id=wallet_id)
+    if user is not None:
+        records = records.filter(user=user)
+    totals = records.aggregate(
+        requests=Count("id"), charged=Sum("charged_micro"), shortfall=Sum("shortfall_micro")
+    )
+    return Consumption(
+        requests=totals["requests"] or 0,
+        charged_micro=int(totals["charged"] or 0),
+        shortfall_micro=int(totals["shortfall"] or 0),
+    )

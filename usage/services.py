@@ -1,0 +1,764 @@
+"""Metering: authorize, capture, release, and one-shot records, for any gateway.
+
+Guarantees (DESIGN.md, "The request lifecycle"):
+
+* Every cap is checked in ONE transaction with the effect it guards (the hold, or the
+  charge of a one-shot record), with rows locked in the global order
+  API token -> membership -> hold -> wallet -> lots. A refusal raises ``LimitRefused``
+  (402/403, ``detail.limit_source``) or ``InsufficientCredits`` (402, ``wallet``) and the
+  transaction rolls back: nothing changes.
+* Credits in flight for a token or a member are not counted separately: they are the sum of
+  the still-active holds of their unsettled authorizations, so ``wallet.services.holds_expire``
+  (the one hold-expiry job) keeps every cap consistent.
+* Spent amounts (token ``used_micro``, member spend this UTC month) change in the capture
+  transaction, with the wallet capture and the ``UsageRecord``.
+* Exactly once per request id: retrying an authorization, capture or one-shot record with
+  the same body returns the first result (``replayed``); the same id with a different body
+  raises ``IdempotencyConflict`` (409).
+
+The interfaces (the metering API, the OpenAI-compatible gateway through ``sync_to_async``)
+call these functions; none of them does money math of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts import services as account_services
+from accounts.models import ApiToken, Membership
+from config import sql
+from config.errors import IdempotencyConflict
+from usage import pricing, selectors
+from usage.errors import (
+    InvalidPrice,
+    InvalidUsage,
+    MemberLimitExceeded,
+    ModelNotAllowed,
+    TokenQuotaExceeded,
+)
+from usage.models import Authorization, ModelPrice, UsageRecord
+from wallet import money
+from wallet import selectors as wallet_selectors
+from wallet import services as wallet_services
+from wallet.errors import HoldExpired, HoldReleased, IdempotencyKeyRequired
+from wallet.models import Hold
+
+MAX_REQUEST_ID = 150
+AUTHORIZATION_STATUSES = [
+    (s, s.capitalize()) for s in ("active", "captured", "released", "expired")
+]
+MIN_TTL_SECONDS = 10
+MAX_TTL_SECONDS = 24 * 3600
+
+
+# --- Inputs and results ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """What a gateway reports about a finished request."""
+
+    usage: pricing.Usage
+    status: str = UsageRecord.Status.SUCCEEDED
+    error: str = ""
+    latency_ms: int | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    estimated: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthorizationResult:
+    authorization: Authorization
+    status: str  # the hold's: active, captured, released, expired
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    record: UsageRecord
+    replayed: bool = False
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    """SHA-256 of a canonical JSON form: equal requests have equal fingerprints."""
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _clean_request_id(request_id: str | None, *, required: bool = False) -> str:
+    text = (request_id or "").strip()
+    if not text:
+        if required:
+            raise IdempotencyKeyRequired()
+        return uuid.uuid4().hex
+    if len(text) > MAX_REQUEST_ID or not text.isprintable():
+        raise InvalidUsage(
+            f"A request id is at most {MAX_REQUEST_ID} printable characters.", field="request_id"
+        )
+    return text
+
+
+def _validate_usage(usage: pricing.Usage) -> None:
+    limit = settings.METERING_MAX_TOKENS
+    for name in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens"):
+        value = getattr(usage, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise InvalidUsage(
+                f"{name} must be a whole number from 0 to {limit}.", field=name, value=str(value)
+            )
+    if usage.cached_input_tokens > usage.input_tokens:
+        raise InvalidUsage(
+            "cached_input_tokens are part of input_tokens and cannot exceed them.",
+            field="cached_input_tokens",
+        )
+    units = usage.task_units
+    if not isinstance(units, Decimal) or not units.is_finite() or units < 0 or units > limit:
+        raise InvalidUsage(f"task_units must be from 0 to {limit}.", field="task_units")
+
+
+def _priced(breakdown: pricing.PriceBreakdown) -> int:
+    return money.validate_micro(breakdown.credits_micro, allow_zero=True, field="cost")
+
+
+# --- Permissions and caps -------------------------------------------------------------
+
+
+def _patterns_allow(patterns: Sequence[str], model: str) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
+def model_allowed(*, token: ApiToken, model: str) -> bool:
+    """A model is allowed when the token's group and the token itself both allow it (an
+    empty list allows every model)."""
+    return _patterns_allow(token.group.allowed_models, model) and _patterns_allow(
+        token.allowed_models, model
+    )
+
+
+def _require_model_allowed(token: ApiToken, model: str) -> None:
+    if not model_allowed(token=token, model=model):
+        raise ModelNotAllowed(model=model)
+
+
+def _open_hold_ids(**authorization_filter: Any) -> Any:
+    return Authorization.objects.filter(settled_at__isnull=True, **authorization_filter).values(
+        "hold_id"
+    )
+
+
+def token_in_flight(*, token_id: int) -> int:
+    """µcr reserved by the token's authorizations that are still in flight."""
+    return wallet_selectors.hold_total_active(hold_ids=_open_hold_ids(token_id=token_id))
+
+
+def member_in_flight(*, membership_id: int) -> int:
+    return wallet_selectors.hold_total_active(hold_ids=_open_hold_ids(membership_id=membership_id))
+
+
+def _check_token_quota(token: ApiToken, amount: int) -> None:
+    if token.quota_micro is None:
+        return
+    in_flight = token_in_flight(token_id=token.pk)
+    remaining = token.quota_micro - token.used_micro - in_flight
+    if amount > remaining:
+        raise TokenQuotaExceeded(
+            quota=token.quota_micro,
+            used=token.used_micro,
+            in_flight=in_flight,
+            available=max(remaining, 0),
+            requested=amount,
+        )
+
+
+def _check_member_limit(membership: Membership, amount: int, now: dt.datetime) -> None:
+    limit = membership.monthly_spend_limit_micro
+    if limit is None:
+        return
+    spent = membership.spent_in(account_services.month_start(now))
+    in_flight = member_in_flight(membership_id=membership.pk)
+    remaining = limit - spent - in_flight
+    if amount > remaining:
+        raise MemberLimitExceeded(
+            limit=limit,
+            spent_this_month=spent,
+            in_flight=in_flight,
+            available=max(remaining, 0),
+            requested=amount,
+        )
+
+
+def _caps_check(*, token: ApiToken, amount: int, now: dt.datetime) -> None:
+    """Check every cap except the wallet's, which the hold or debit that follows checks
+    under the wallet's lock. Must run inside the transaction that takes that hold/debit.
+
+    Rows are locked in the global order (token, then membership) and only when a cap on
+    them exists, so an unlimited token on a personal wallet takes no extra lock. New caps
+    (a minimum balance, per-period token budgets) slot in here.
+    """
+    if token.quota_micro is not None:
+        _check_token_quota(account_services.api_token_lock(token_id=token.pk), amount)
+    if token.membership_id is not None and (
+        token.membership is None or token.membership.monthly_spend_limit_micro is not None
+    ):
+        membership = account_services.membership_lock(membership_id=token.membership_id)
+        _check_member_limit(membership, amount, now)
+
+
+def _spend_add(*, token_id: int, membership_id: int | None, amount: int, now: dt.datetime) -> None:
+    """Count a charge against the token and the member (locks them: token, membership)."""
+    account_services.api_token_spend_add(token_id=token_id, amount=amount)
+    if membership_id is not None:
+        account_services.membership_spend_add(membership_id=membership_id, amount=amount, now=now)
+
+
+# --- Authorize ------------------------------------------------------------------------
+
+
+def _text_chars(messages: Iterable[Any] | None, prompt: str | None) -> int:
+    chars = len(prompt or "")
+    for message in messages or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+    return chars
+
+
+def authorization_estimate(
+    *,
+    price: ModelPrice,
+    tier_rate: Decimal,
+    messages: Iterable[Any] | None = None,
+    prompt: str | None = None,
+    input_tokens: int | None = None,
+    max_tokens: int | None = None,
+    task_units: Decimal = Decimal(0),
+) -> pricing.PriceBreakdown:
+    """The most a request may cost: its input (counted, or estimated at four characters a
+    token from the messages or prompt) plus ``max_tokens`` of output, capped by the model."""
+    if input_tokens is None:
+        input_tokens = pricing.estimate_tokens(_text_chars(messages, prompt))
+    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 0):
+        raise InvalidUsage("max_tokens must be a positive whole number.", field="max_tokens")
+    usage = pricing.estimate_usage(
+        price=price,
+        input_tokens=input_tokens,
+        output_tokens=pricing.output_reserve(price=price, max_tokens=max_tokens),
+        task_units=task_units,
+    )
+    _validate_usage(usage)
+    return pricing.price_usage(price=price, usage=usage, tier_rate=tier_rate)
+
+
+def authorization_status(*, authorization: Authorization) -> str:
+    """active, captured, released or expired (the hold's status, which the expiry job
+    keeps current)."""
+    if (
+        authorization.settled_at is not None
+        and UsageRecord.objects.filter(authorization=authorization).exists()
+    ):
+        return "captured"
+    if "hold" in authorization._state.fields_cache:
+        return str(authorization.hold.status)
+    return str(Hold.objects.values_list("status", flat=True).get(pk=authorization.hold_id))
+
+
+def _authorization_replay(existing: Authorization, fingerprint: str) -> AuthorizationResult:
+    if existing.body_hash != fingerprint:
+        raise IdempotencyConflict(
+            "This request id was already authorized with a different body.",
+            request_id=existing.request_id,
+        )
+    return AuthorizationResult(
+        existing, authorization_status(authorization=existing), replayed=True
+    )
+
+
+def authorization_create(
+    *,
+    token: ApiToken,
+    model: str,
+    messages: Iterable[Any] | None = None,
+    prompt: str | None = None,
+    input_tokens: int | None = None,
+    max_tokens: int | None = None,
+    task_units: Decimal = Decimal(0),
+    request_id: str | None = None,
+    endpoint: str = "",
+    client_ip: str | None = None,
+    ttl_seconds: int | None = None,
+    now: dt.datetime | None = None,
+) -> AuthorizationResult:
+    """Estimate a request's cost and, in one transaction, check every cap and hold that
+    many credits in the token's wallet.
+
+    ``token`` is an authenticated token (``api_token_authenticate`` loads its group, tier
+    and membership). Refusals: ``UnknownModel`` (400), ``ModelNotAllowed`` (403),
+    ``TokenQuotaExceeded`` / ``MemberLimitExceeded`` / ``InsufficientCredits`` (402).
+    """
+    now = now or timezone.now()
+    price = selectors.model_price_current(model=model, now=now)
+    _require_model_allowed(token, model)
+    ttl = settings.WALLET_HOLD_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+    if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+        raise InvalidUsage(
+            f"ttl_seconds must be from {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS}.",
+            field="ttl_seconds",
+        )
+    estimate = authorization_estimate(
+        price=price,
+        tier_rate=token.group.tier.rate,
+        messages=messages,
+        prompt=prompt,
+        input_tokens=input_tokens,
+        max_tokens=max_tokens,
+        task_units=task_units,
+    )
+    # A free request still holds one µcr, so it is counted and settled like any other.
+    amount = max(_priced(estimate), 1)
+    client_supplied = bool(request_id and request_id.strip())
+    request_id = _clean_request_id(request_id)
+    fingerprint = _fingerprint(
+        {
+            "model": model,
+            "input_tokens": estimate.usage.input_tokens,
+            "max_tokens": max_tokens,
+            "task_units": task_units,
+            "endpoint": endpoint,
+            "ttl": ttl_seconds,
+        }
+    )
+    if client_supplied:
+        existing = Authorization.objects.filter(token=token, request_id=request_id).first()
+        if existing is not None:
+            return _authorization_replay(existing, fingerprint)
+    try:
+        with transaction.atomic():
+            _caps_check(token=token, amount=amount, now=now)
+            hold = wallet_services.hold_create(
+                wallet=token.wallet_id,
+                amount=amount,
+                request_id=f"{token.pk}:{request_id}",
+                expires_at=now + dt.timedelta(seconds=ttl),
+                reference=wallet_services.Ref("accounts.apitoken", str(token.pk)),
+                now=now,
+            )
+            authorization = sql.create(
+                Authorization,
+                token=token,
+                user_id=token.user_id,
+                wallet_id=token.wallet_id,
+                membership_id=token.membership_id,
+                hold=hold,
+                price=price,
+                token_group_id=token.group_id,
+                tier_rate=token.group.tier.rate,
+                request_id=request_id,
+                model=model,
+                endpoint=endpoint,
+                estimated_input_tokens=estimate.usage.input_tokens,
+                max_tokens=estimate.usage.output_tokens + estimate.usage.reasoning_tokens,
+                estimated_task_units=task_units,
+                amount_micro=amount,
+                body_hash=fingerprint,
+                client_ip=client_ip or None,
+                created_at=now,
+                expires_at=hold.expires_at,
+            )
+    except IntegrityError:
+        existing = Authorization.objects.filter(token=token, request_id=request_id).first()
+        if existing is None:
+            raise
+        return _authorization_replay(existing, fingerprint)
+    return AuthorizationResult(authorization, Hold.Status.ACTIVE)
+
+
+# --- Capture --------------------------------------------------------------------------
+
+
+class _AlreadySettled(Exception):
+    pass
+
+
+_SETTLE = (
+    'UPDATE "usage_authorization" SET "settled_at" = %s WHERE "id" = %s AND "settled_at" IS NULL'
+)
+
+
+def _report_fingerprint(report: UsageReport, **extra: Any) -> str:
+    payload = asdict(report)
+    payload.update(extra)
+    return _fingerprint(payload)
+
+
+def _record_replay(record: UsageRecord, fingerprint: str) -> RecordResult:
+    if record.body_hash != fingerprint:
+        raise IdempotencyConflict(
+            "This request was already recorded with different usage.",
+            request_id=record.request_id,
+        )
+    return RecordResult(record, replayed=True)
+
+
+def _record_fields(
+    *,
+    breakdown: pricing.PriceBreakdown,
+    report: UsageReport,
+    started_at: dt.datetime,
+    finished_at: dt.datetime,
+    fingerprint: str,
+) -> dict[str, Any]:
+    latency = report.latency_ms
+    if latency is None:
+        latency = max(int((finished_at - started_at).total_seconds() * 1000), 0)
+    usage = breakdown.usage
+    return {
+        "price_id": breakdown.price_id,
+        "model": breakdown.model,
+        "status": report.status,
+        "error": report.error,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "latency_ms": latency,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "task_units": usage.task_units,
+        "unit_name": breakdown.unit_name,
+        "input_usd_per_mtok": breakdown.input_usd_per_mtok,
+        "output_usd_per_mtok": breakdown.output_usd_per_mtok,
+        "cached_input_usd_per_mtok": breakdown.cached_input_usd_per_mtok,
+        "reasoning_usd_per_mtok": breakdown.reasoning_usd_per_mtok,
+        "request_usd": breakdown.request_usd,
+        "unit_usd": breakdown.unit_usd,
+        "markup": breakdown.markup,
+        "tier_rate": breakdown.tier_rate,
+        "credits_per_usd": breakdown.credits_per_usd,
+        "usd_cost": breakdown.usd_cost,
+        "cost_micro": breakdown.credits_micro,
+        "charged_micro": breakdown.credits_micro,
+        "shortfall_micro": 0,
+        "estimated": report.estimated,
+        "metadata": report.metadata,
+        "body_hash": fingerprint,
+    }
+
+
+def _apply_shortfall(
+    record: UsageRecord, charge: wallet_services.Charge, *, membership_id: int | None
+) -> None:
+    """The wallet could not cover the whole cost: record what was charged, and count only
+    that against the token and the member."""
+    if not charge.shortfall:
+        return
+    UsageRecord.objects.filter(pk=record.pk).update(
+        charged_micro=charge.charged, shortfall_micro=charge.shortfall
+    )
+    record.charged_micro, record.shortfall_micro = charge.charged, charge.shortfall
+    if record.token_id is not None:
+        _spend_add(
+            token_id=record.token_id,
+            membership_id=membership_id,
+            amount=-charge.shortfall,
+            now=record.finished_at,
+        )
+
+
+def authorization_capture(
+    *, authorization: Authorization, report: UsageReport, now: dt.datetime | None = None
+) -> RecordResult:
+    """Price the actual usage at the authorization's price version and tier rate, charge
+    it against the hold (burning lots), release the rest of the hold, write the
+    ``UsageRecord`` and count the charge against the token and member: one transaction,
+    exactly once per authorization.
+
+    If the cost exceeds the hold plus the wallet's available credits, what is available is
+    charged and the rest recorded as ``shortfall``. A hold that expired before the capture
+    is charged the same way, without its reservation (the request did run), for up to
+    ``METERING_LATE_CAPTURE_SECONDS`` after its expiry; later, ``HoldExpired``. Capturing a
+    released authorization raises ``HoldReleased``.
+    """
+    now = now or timezone.now()
+    fingerprint = _report_fingerprint(report)
+    if authorization.settled_at is not None:
+        return _capture_replay(authorization, fingerprint)
+    _validate_usage(report.usage)
+    breakdown = pricing.price_usage(
+        price=authorization.price, usage=report.usage, tier_rate=authorization.tier_rate
+    )
+    cost = _priced(breakdown)
+    started_at = report.started_at or authorization.created_at
+    finished_at = report.finished_at or now
+    try:
+        with transaction.atomic():
+            _spend_add(
+                token_id=authorization.token_id,
+                membership_id=authorization.membership_id,
+                amount=cost,
+                now=finished_at,
+            )
+            if not sql.execute(_SETTLE, [now, authorization.pk]):
+                raise _AlreadySettled()
+            record = sql.create(
+                UsageRecord,
+                request_id=authorization.request_id,
+                authorization=authorization,
+                wallet_id=authorization.wallet_id,
+                user_id=authorization.user_id,
+                token_id=authorization.token_id,
+                token_group_id=authorization.token_group_id,
+                endpoint=authorization.endpoint,
+                client_ip=authorization.client_ip,
+                created_at=now,
+                **_record_fields(
+                    breakdown=breakdown,
+                    report=report,
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    fingerprint=fingerprint,
+                ),
+            )
+            _cache_token_group(record, authorization._state.fields_cache.get("token"))
+            reference = wallet_services.Ref.to(record)
+            try:
+                charge = wallet_services.hold_capture(
+                    hold=authorization.hold_id, amount=cost, reference=reference, now=now
+                )
+            except HoldExpired:
+                charge = _charge_without_hold(authorization, cost, reference, now)
+            _apply_shortfall(record, charge, membership_id=authorization.membership_id)
+    except _AlreadySettled:
+        fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
+        return _capture_replay(fresh, fingerprint)
+    except HoldReleased:
+        Authorization.objects.filter(pk=authorization.pk, settled_at__isnull=True).update(
+            settled_at=now
+        )
+        raise
+    return RecordResult(record)
+
+
+def _cache_token_group(record: UsageRecord, token: ApiToken | None) -> None:
+    """The record's group is the token's (already loaded): spare the response a query."""
+    if token is not None and token.group_id == record.token_group_id:
+        record._state.fields_cache["token_group"] = token.group
+
+
+def _charge_without_hold(
+    authorization: Authorization, cost: int, reference: wallet_services.Ref, now: dt.datetime
+) -> wallet_services.Charge:
+    if cost == 0:
+        return wallet_services.Charge(None, 0, 0, 0)
+    return wallet_services.wallet_debit(
+        wallet=authorization.wallet_id,
+        amount=cost,
+        idempotency_key=Hold(pk=authorization.hold_id).capture_key,
+        reference=reference,
+        allow_partial=True,
+        now=now,
+    )
+
+
+def _capture_replay(authorization: Authorization, fingerprint: str) -> RecordResult:
+    record = UsageRecord.objects.filter(authorization=authorization).first()
+    if record is not None:
+        return _record_replay(record, fingerprint)
+    hold_status = Hold.objects.values_list("status", flat=True).get(pk=authorization.hold_id)
+    if hold_status == Hold.Status.EXPIRED:
+        raise HoldExpired(hold_id=authorization.hold_id, authorization_id=authorization.pk)
+    raise HoldReleased(hold_id=authorization.hold_id, authorization_id=authorization.pk)
+
+
+# --- Release --------------------------------------------------------------------------
+
+
+def authorization_release(
+    *, authorization: Authorization, now: dt.datetime | None = None
+) -> AuthorizationResult:
+    """Give the held credits back (the request failed before using anything). Releasing
+    twice is harmless; releasing a captured authorization raises ``HoldAlreadyCaptured``."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        Authorization.objects.filter(pk=authorization.pk, settled_at__isnull=True).update(
+            settled_at=now
+        )
+        hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
+    authorization.settled_at = authorization.settled_at or now
+    return AuthorizationResult(authorization, hold.status)
+
+
+def authorizations_close_stale(*, batch_size: int = 1000, now: dt.datetime | None = None) -> int:
+    """Housekeeping: close authorizations whose hold expired unsettled more than
+    ``METERING_LATE_CAPTURE_SECONDS`` ago. Until then a late capture is still charged (the
+    request did run); after, it is refused with ``HoldExpired``. Closing keeps the partial
+    indexes the cap checks scan small; the caps are right without it (they count active
+    holds only)."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.METERING_LATE_CAPTURE_SECONDS)
+    stale = list(
+        Authorization.objects.filter(settled_at__isnull=True, expires_at__lte=cutoff)
+        .exclude(hold__status=Hold.Status.ACTIVE)
+        .values_list("pk", flat=True)[:batch_size]
+    )
+    return Authorization.objects.filter(pk__in=stale, settled_at__isnull=True).update(
+        settled_at=now
+    )
+
+
+# --- One-shot records -----------------------------------------------------------------
+
+
+def usage_record_create_oneshot(
+    *,
+    token: ApiToken,
+    model: str,
+    report: UsageReport,
+    request_id: str,
+    endpoint: str = "",
+    client_ip: str | None = None,
+    now: dt.datetime | None = None,
+) -> RecordResult:
+    """Record and charge a finished request in one step (no authorization first).
+
+    ``request_id`` (the ``Idempotency-Key``) is required. The caps are checked against the
+    actual cost in the same transaction as the charge, like an authorization: a refusal
+    (402/403 with ``limit_source``) records and charges nothing.
+    """
+    now = now or timezone.now()
+    request_id = _clean_request_id(request_id, required=True)
+    fingerprint = _report_fingerprint(report, model=model, endpoint=endpoint)
+    existing = UsageRecord.objects.filter(token=token, request_id=request_id).first()
+    if existing is not None:
+        return _record_replay(existing, fingerprint)
+    price = selectors.model_price_current(model=model, now=now)
+    _require_model_allowed(token, model)
+    _validate_usage(report.usage)
+    breakdown = pricing.price_usage(
+        price=price, usage=report.usage, tier_rate=token.group.tier.rate
+    )
+    cost = _priced(breakdown)
+    finished_at = report.finished_at or now
+    started_at = report.started_at or (
+        finished_at - dt.timedelta(milliseconds=report.latency_ms or 0)
+    )
+    try:
+        with transaction.atomic():
+            _caps_check(token=token, amount=cost, now=now)
+            # Counted before the debit: the token and membership rows are locked before the
+            # wallet's (global lock order). The debit refuses rather than charge in part.
+            _spend_add(
+                token_id=token.pk, membership_id=token.membership_id, amount=cost, now=finished_at
+            )
+            record = sql.create(
+                UsageRecord,
+                request_id=request_id,
+                wallet_id=token.wallet_id,
+                user_id=token.user_id,
+                token=token,
+                token_group_id=token.group_id,
+                endpoint=endpoint,
+                client_ip=client_ip or None,
+                created_at=now,
+                **_record_fields(
+                    breakdown=breakdown,
+                    report=report,
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    fingerprint=fingerprint,
+                ),
+            )
+            _cache_token_group(record, token)
+            if cost:
+                wallet_services.wallet_debit(
+                    wallet=token.wallet_id,
+                    amount=cost,
+                    idempotency_key=f"usage-record:{record.pk}",
+                    reference=wallet_services.Ref.to(record),
+                    now=now,
+                )
+    except IntegrityError:
+        existing = UsageRecord.objects.filter(token=token, request_id=request_id).first()
+        if existing is None:
+            raise
+        return _record_replay(existing, fingerprint)
+    return RecordResult(record)
+
+
+# --- The price catalog ----------------------------------------------------------------
+
+
+def model_price_create(
+    *,
+    model: str,
+    display_name: str,
+    provider: str,
+    category: str = ModelPrice.Category.CHAT,
+    input_usd_per_mtok: object = 0,
+    output_usd_per_mtok: object = 0,
+    cached_input_usd_per_mtok: object = None,
+    reasoning_usd_per_mtok: object = None,
+    request_usd: object = 0,
+    unit_usd: object = 0,
+    unit_name: str = "",
+    max_output_tokens: int | None = None,
+    active: bool = True,
+    effective_from: dt.datetime | None = None,
+    created_by: Any = None,
+    now: dt.datetime | None = None,
+) -> ModelPrice:
+    """Add a version of a model's price. Versions are never edited: a price change, or
+    taking a model off the catalog (``active=False``), is a new version. A version cannot
+    take effect in the past, so what was charged before stays explained by the catalog."""
+    now = now or timezone.now()
+    effective_from = effective_from or now
+    if effective_from < now - dt.timedelta(minutes=1):
+        raise InvalidPrice("A new price cannot take effect in the past.", field="effective_from")
+    model = (model or "").strip()
+    if not model or len(model) > 100 or any(c.isspace() for c in model):
+        raise InvalidPrice("A model id is 1 to 100 characters without spaces.", field="model")
+
+    def usd(value: object, name: str, places: int) -> Decimal:
+        parsed = money.to_decimal(value, field=name)
+        if parsed < 0 or -parsed.as_tuple().exponent > places:  # type: ignore[operator]
+            raise InvalidPrice(f"{name} must be >= 0 with at most {places} decimals.", field=name)
+        return parsed
+
+    def optional(value: object, name: str) -> Decimal | None:
+        return None if value is None or value == "" else usd(value, name, 6)
+
+    return ModelPrice.objects.create(
+        model=model,
+        display_name=display_name.strip() or model,
+        provider=provider.strip(),
+        category=category,
+        input_usd_per_mtok=usd(input_usd_per_mtok, "input_usd_per_mtok", 6),
+        output_usd_per_mtok=usd(output_usd_per_mtok, "output_usd_per_mtok", 6),
+        cached_input_usd_per_mtok=optional(cached_input_usd_per_mtok, "cached_input_usd_per_mtok"),
+        reasoning_usd_per_mtok=optional(reasoning_usd_per_mtok, "reasoning_usd_per_mtok"),
+        request_usd=usd(request_usd, "request_usd", 8),
+        unit_usd=usd(unit_usd, "unit_usd", 8),
+        unit_name=unit_name.strip(),
+        max_output_tokens=max_output_tokens,
+        active=active,
+        effective_from=effective_from,
+        created_at=now,
+        created_by=created_by,
+    )
