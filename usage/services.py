@@ -417,6 +417,32 @@ def _record_replay(record: UsageRecord, fingerprint: str) -> RecordResult:
     return RecordResult(record, replayed=True)
 
 
+# A request is timed in whole milliseconds in a 32-bit column: no request may span more
+# than a week, and none can finish in the future (beyond a little clock skew).
+MAX_REQUEST_SPAN = dt.timedelta(days=7)
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def _request_span(
+    report: UsageReport, *, default_start: dt.datetime | None, now: dt.datetime
+) -> tuple[dt.datetime, dt.datetime]:
+    """When the request started and finished: as reported, else from the authorization (or
+    the reported latency) and now. Impossible spans are ``InvalidUsage`` (400)."""
+    finished_at = report.finished_at or now
+    started_at = (
+        report.started_at
+        or default_start
+        or (finished_at - dt.timedelta(milliseconds=report.latency_ms or 0))
+    )
+    if finished_at > now + CLOCK_SKEW:
+        raise InvalidUsage("finished_at is in the future.", field="finished_at")
+    if finished_at < started_at:
+        raise InvalidUsage("finished_at is before started_at.", field="finished_at")
+    if finished_at - started_at > MAX_REQUEST_SPAN:
+        raise InvalidUsage("A request cannot span more than 7 days.", field="started_at")
+    return started_at, finished_at
+
+
 def _record_fields(
     *,
     breakdown: pricing.PriceBreakdown,
@@ -505,8 +531,7 @@ def authorization_capture(
         price=authorization.price, usage=report.usage, tier_rate=authorization.tier_rate
     )
     cost = _priced(breakdown)
-    started_at = report.started_at or authorization.created_at
-    finished_at = report.finished_at or now
+    started_at, finished_at = _request_span(report, default_start=authorization.created_at, now=now)
     try:
         with transaction.atomic():
             _spend_add(
@@ -655,10 +680,7 @@ def usage_record_create_oneshot(
         price=price, usage=report.usage, tier_rate=token.group.tier.rate
     )
     cost = _priced(breakdown)
-    finished_at = report.finished_at or now
-    started_at = report.started_at or (
-        finished_at - dt.timedelta(milliseconds=report.latency_ms or 0)
-    )
+    started_at, finished_at = _request_span(report, default_start=None, now=now)
     try:
         with transaction.atomic():
             _caps_check(token=token, amount=cost, now=now)

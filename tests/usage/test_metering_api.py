@@ -320,6 +320,13 @@ BAD_USAGE = [
     ({"metadata": {"retries": -1}}, "invalid_input"),
     ({"metadata": {"extra": {"blob": "x" * 5000}}}, "invalid_input"),
     ({"started_at": "2030-01-02T00:00Z", "finished_at": "2030-01-01T00:00Z"}, "invalid_input"),
+    # Found by schemathesis: a span of centuries overflowed the latency column (500).
+    (
+        {"started_at": "0190-06-04T21:10:17-03:30", "finished_at": "3039-09-06T19:01Z"},
+        "invalid_usage",
+    ),
+    ({"started_at": "2020-01-01T00:00Z", "finished_at": "2020-01-09T00:00Z"}, "invalid_usage"),
+    ({"finished_at": "2999-01-01T00:00Z"}, "invalid_usage"),
 ]
 
 
