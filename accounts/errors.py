@@ -110,3 +110,8 @@ class InsufficientScope(CodedAPIError, drf_exceptions.PermissionDenied):
 class TokenRequired(CodedAPIError, drf_exceptions.PermissionDenied):
     error_code = "token_required"
     default_detail = "This endpoint needs an API token (Authorization: Bearer sk-live-...)."
+
+
+class InvalidWebhookUrl(ApplicationError):
+    code = "invalid_webhook_url"
+    default_message = "The alert webhook must be an https:// URL."

@@ -52,6 +52,10 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    # Where alerts go (low balance, spend): this address if set, else the log-in email; and,
+    # optionally, a customer endpoint that receives the same alerts as signed JSON POSTs.
+    notification_email = models.EmailField(blank=True)
+    alert_webhook_url = models.URLField(blank=True, max_length=500)
 
     objects: ClassVar[UserManager] = UserManager()
 
@@ -73,6 +77,10 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def get_full_name(self) -> str:
         return self.full_name or self.email
+
+    @property
+    def alert_email(self) -> str:
+        return self.notification_email or self.email
 
     def get_short_name(self) -> str:
         return self.full_name.split(" ")[0] if self.full_name else self.email

@@ -26,6 +26,7 @@ from accounts.errors import (
     InvalidScopes,
     InvalidToken,
     InvalidTokenName,
+    InvalidWebhookUrl,
     IpNotAllowed,
     LastOwner,
     NotAllowed,
@@ -596,3 +597,19 @@ def token_group_save(*, group: TokenGroup) -> TokenGroup:
         )
     group.save()
     return group
+
+
+def user_update_notifications(
+    *, user: User, notification_email: str = "", alert_webhook_url: str = ""
+) -> User:
+    """Where the user's alerts go. Empty email means the log-in email; the webhook must be
+    an https URL (http only to localhost, for development)."""
+    email = normalize_email(notification_email) if notification_email else ""
+    url = (alert_webhook_url or "").strip()
+    if url and not (
+        url.startswith("https://") or url.startswith(("http://localhost", "http://127.0.0.1"))
+    ):
+        raise InvalidWebhookUrl(url=url)
+    User.objects.filter(pk=user.pk).update(notification_email=email, alert_webhook_url=url)
+    user.notification_email, user.alert_webhook_url = email, url
+    return user

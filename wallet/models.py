@@ -47,12 +47,26 @@ class Wallet(models.Model):
     # Earliest expiry among lots with credits left. It may be stale-early (a lot was used up
     # since), never stale-late, so "next_expiry_at > now" proves no lot is due to expire.
     next_expiry_at = models.DateTimeField(null=True, blank=True)
+    # Low-balance alerting: the owner's threshold (empty = LOW_BALANCE_THRESHOLD_CREDITS), and
+    # when the alert for the current dip was sent (empty = armed: the next crossing below the
+    # threshold alerts; set back to empty once the balance is above the threshold again).
+    low_balance_threshold_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Warn below this many µcr; empty uses the site default.",
+    )
+    low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(balance__gte=0), name="wallet_balance_gte_0"),
             models.CheckConstraint(condition=Q(held__gte=0), name="wallet_held_gte_0"),
+            models.CheckConstraint(
+                condition=Q(low_balance_threshold_micro__isnull=True)
+                | Q(low_balance_threshold_micro__gte=0),
+                name="wallet_threshold_gte_0",
+            ),
             models.CheckConstraint(
                 condition=(Q(user__isnull=False) & Q(organization__isnull=True))
                 | (Q(user__isnull=True) & Q(organization__isnull=False)),

@@ -6,10 +6,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Min, QuerySet, Sum
 from django.utils import timezone
 
 from config import sql
+from wallet import money
 from wallet.errors import WalletNotFound
 from wallet.models import CreditLot, Hold, LedgerEntry, Wallet, lot_burn_order
 
@@ -154,3 +156,14 @@ def hold_total_active(*, hold_ids: Any) -> int:
         total=Sum("amount")
     )["total"]
     return int(total or 0)
+
+
+def wallet_low_balance_threshold(*, wallet: Wallet) -> int:
+    """The balance (µcr) under which this wallet's owner is warned."""
+    if wallet.low_balance_threshold_micro is not None:
+        return wallet.low_balance_threshold_micro
+    return money.credits_to_micro(settings.LOW_BALANCE_THRESHOLD_CREDITS, allow_zero=True)
+
+
+def wallet_is_low(*, wallet: Wallet) -> bool:
+    return wallet.balance < wallet_low_balance_threshold(wallet=wallet)

@@ -994,3 +994,12 @@ def lots_reverse(
         if replayed:
             return replayed
         raise
+
+
+def wallet_set_low_balance_threshold(*, wallet: Wallet, threshold_micro: int | None) -> Wallet:
+    """Set the owner's low-balance threshold (None: the site default). Moves no credits."""
+    if threshold_micro is not None:
+        threshold_micro = money.validate_micro(threshold_micro, allow_zero=True, field="threshold")
+    Wallet.objects.filter(pk=wallet.pk).update(low_balance_threshold_micro=threshold_micro)
+    wallet.low_balance_threshold_micro = threshold_micro
+    return wallet

@@ -211,6 +211,9 @@ CREDITS_PER_USD = Decimal(env.str("CREDITS_PER_USD", default="1"))
 # Largest single movement of credits, in micro-credits; anything above is treated as a
 # typing mistake rather than an intent (10^15 µcr = one billion credits).
 WALLET_MAX_AMOUNT_MICRO = env.int("WALLET_MAX_AMOUNT_MICRO", default=10**15)
+# Wallets warn (console banner, alert email) when the balance is below this many credits,
+# unless the owner set their own threshold.
+LOW_BALANCE_THRESHOLD_CREDITS = Decimal(env.str("LOW_BALANCE_THRESHOLD_CREDITS", default="1000"))
 # How long an authorization hold lives before the expiry job returns it to the wallet.
 WALLET_HOLD_TTL_SECONDS = env.int("WALLET_HOLD_TTL_SECONDS", default=900)
 # Run the settle step as a PL/pgSQL call on PostgreSQL (False runs the portable Python path).

@@ -88,3 +88,23 @@ def test_membership_update_limits_and_roles(user: User) -> None:
     owner_membership = Membership.objects.get(organization=org, user=user)
     with pytest.raises(LastOwner):
         services.membership_update(membership=owner_membership, actor=user, role="member")
+
+
+def test_notification_settings(user: User) -> None:
+    from accounts.errors import InvalidWebhookUrl
+
+    assert user.alert_email == user.email
+    services.user_update_notifications(
+        user=user,
+        notification_email=" Ops@Example.com ",
+        alert_webhook_url="https://hooks.example.com/x",
+    )
+    user.refresh_from_db()
+    assert (user.alert_email, user.alert_webhook_url) == (
+        "ops@example.com",
+        "https://hooks.example.com/x",
+    )
+    with pytest.raises(InvalidWebhookUrl):
+        services.user_update_notifications(user=user, alert_webhook_url="http://evil.example.com/")
+    user.refresh_from_db()
+    assert user.alert_webhook_url == "https://hooks.example.com/x"

@@ -628,3 +628,22 @@ def test_ledger_entries_cannot_be_updated_or_deleted(wallet: Wallet) -> None:
 def test_balance_cannot_go_negative_even_by_direct_sql(wallet: Wallet) -> None:
     with pytest.raises(DatabaseError), transaction.atomic():
         Wallet.objects.filter(pk=wallet.pk).update(balance=-1)
+
+
+def test_low_balance_threshold_defaults_and_can_be_set(wallet: Wallet, settings) -> None:  # type: ignore[no-untyped-def]
+    from wallet import selectors
+
+    settings.LOW_BALANCE_THRESHOLD_CREDITS = Decimal("1000")
+    assert selectors.wallet_low_balance_threshold(wallet=wallet) == micro("1000")
+    assert selectors.wallet_is_low(wallet=refresh(wallet))
+    credit(wallet, "20")
+    services.wallet_set_low_balance_threshold(wallet=wallet, threshold_micro=micro("15"))
+    assert not selectors.wallet_is_low(wallet=refresh(wallet))
+    before = ledger_state(wallet)
+    for bad in (-1, 1.5, "10"):
+        with pytest.raises(InvalidAmount):
+            services.wallet_set_low_balance_threshold(wallet=wallet, threshold_micro=bad)  # type: ignore[arg-type]
+    assert refresh(wallet).low_balance_threshold_micro == micro("15")
+    services.wallet_set_low_balance_threshold(wallet=wallet, threshold_micro=None)
+    assert selectors.wallet_low_balance_threshold(wallet=refresh(wallet)) == micro("1000")
+    assert ledger_state(wallet) == before
