@@ -18,9 +18,13 @@ from wallet import selectors as wallet_selectors
 HEADER = "X-Credits-Remaining"
 
 
+def credits_remaining_header(available_micro: int) -> str:
+    """The header's value: available credits with six decimals."""
+    return f"{money.micro_to_credits(available_micro):.6f}"
+
+
 def credits_remaining(token: ApiToken) -> str:
-    available = wallet_selectors.wallet_available(wallet_id=token.wallet_id)
-    return f"{money.micro_to_credits(available):.6f}"
+    return credits_remaining_header(wallet_selectors.wallet_available(wallet_id=token.wallet_id))
 
 
 class CreditsRemainingMiddleware:

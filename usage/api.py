@@ -37,6 +37,8 @@ from accounts.authentication import (
     request_wallet_id,
 )
 from accounts.errors import NotAllowed
+from accounts.middleware import HEADER as CREDITS_REMAINING
+from accounts.middleware import credits_remaining_header
 from accounts.models import ApiToken
 from config.openapi import error_responses
 from usage import pricing, selectors, services
@@ -110,10 +112,15 @@ def _usd(places: int, **kwargs: Any) -> serializers.DecimalField:
     return serializers.DecimalField(max_digits=32, decimal_places=places, read_only=True, **kwargs)
 
 
-def _replayable(data: Any, *, replayed: bool, created_status: int) -> Response:
+def _replayable(
+    data: Any, *, replayed: bool, created_status: int, available_after: int | None = None
+) -> Response:
     response = Response(data, status=status.HTTP_200_OK if replayed else created_status)
     if replayed:
         response[_REPLAYED] = "true"
+    if available_after is not None:
+        # Reported by the wallet operation itself; the middleware would otherwise read it.
+        response[CREDITS_REMAINING] = credits_remaining_header(available_after)
     return response
 
 
@@ -490,6 +497,7 @@ class AuthorizationCreateApi(APIView):
             _authorization_data(result),
             replayed=result.replayed,
             created_status=status.HTTP_201_CREATED,
+            available_after=result.available_after,
         )
 
 
@@ -541,6 +549,7 @@ class AuthorizationCaptureApi(APIView):
             usage_record_payload(result.record),
             replayed=result.replayed,
             created_status=status.HTTP_200_OK,
+            available_after=result.available_after,
         )
 
 
@@ -661,6 +670,7 @@ class UsageCollectionApi(APIView):
             usage_record_payload(result.record),
             replayed=result.replayed,
             created_status=status.HTTP_201_CREATED,
+            available_after=result.available_after,
         )
 
 

@@ -85,12 +85,16 @@ class AuthorizationResult:
     authorization: Authorization
     status: str  # the hold's: active, captured, released, expired
     replayed: bool = False
+    # The wallet's available credits right after, when the wallet reported them (for the
+    # X-Credits-Remaining header without another read); None otherwise.
+    available_after: int | None = None
 
 
 @dataclass(frozen=True)
 class RecordResult:
     record: UsageRecord
     replayed: bool = False
+    available_after: int | None = None
 
 
 def _fingerprint(payload: dict[str, Any]) -> str:
@@ -387,7 +391,9 @@ def authorization_create(
         if existing is None:
             raise
         return _authorization_replay(existing, fingerprint)
-    return AuthorizationResult(authorization, Hold.Status.ACTIVE)
+    return AuthorizationResult(
+        authorization, Hold.Status.ACTIVE, available_after=hold.available_after
+    )
 
 
 # --- Capture --------------------------------------------------------------------------
@@ -578,7 +584,7 @@ def authorization_capture(
             settled_at=now
         )
         raise
-    return RecordResult(record)
+    return RecordResult(record, available_after=charge.available_after)
 
 
 def _cache_token_group(record: UsageRecord, token: ApiToken | None) -> None:
@@ -708,20 +714,21 @@ def usage_record_create_oneshot(
                 ),
             )
             _cache_token_group(record, token)
+            available_after = None
             if cost:
-                wallet_services.wallet_debit(
+                available_after = wallet_services.wallet_debit(
                     wallet=token.wallet_id,
                     amount=cost,
                     idempotency_key=f"usage-record:{record.pk}",
                     reference=wallet_services.Ref.to(record),
                     now=now,
-                )
+                ).available_after
     except IntegrityError:
         existing = UsageRecord.objects.filter(token=token, request_id=request_id).first()
         if existing is None:
             raise
         return _record_replay(existing, fingerprint)
-    return RecordResult(record)
+    return RecordResult(record, available_after=available_after)
 
 
 # --- The price catalog ----------------------------------------------------------------

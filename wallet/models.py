@@ -292,6 +292,10 @@ class Hold(models.Model):
     def __str__(self) -> str:
         return f"Hold {self.pk} ({self.status}, {self.amount} µcr)"
 
+    # Set by wallet.services.hold_create on the hold it returns: the wallet's available
+    # credits right after the reservation (None when not known, e.g. for a replay).
+    available_after: int | None = None
+
     @property
     def capture_key(self) -> str:
         """The idempotency key of the ledger entry a capture of this hold writes."""

@@ -88,6 +88,9 @@ class Charge:
     shortfall: int
     balance_after: int
     replayed: bool = False
+    # Available credits (balance - held - frozen) right after, when known: an API response
+    # reports them without reading the wallet again. None for replays.
+    available_after: int | None = None
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
@@ -316,13 +319,15 @@ def _settle_python(
     Must run inside a transaction.
     """
     wallet = _lock_wallet(wallet_id)
-    available = wallet.balance - _due_sum(wallet, now) - wallet.held + release
+    due = _due_sum(wallet, now)
+    available = wallet.balance - due - wallet.held + release
     if amount <= available:
         charge = amount
     elif allow_partial:
         charge = max(available, 0)
     else:
-        return "insufficient", Charge(None, 0, amount, wallet.balance), available
+        untouched = max(wallet.balance - due - wallet.held, 0)
+        return "insufficient", Charge(None, 0, amount, wallet.balance, False, untouched), available
     need = charge
     if need:
         lots = (
@@ -360,7 +365,10 @@ def _settle_python(
     # The capture recorded the full amount as charged; correct it only on a shortfall.
     if hold_id is not None and charge != amount:
         Hold.objects.filter(pk=hold_id).update(captured_amount=charge, shortfall=amount - charge)
-    return "ok", Charge(entry_id, charge, amount - charge, balance_after), available
+    # Due lots are never burned, so what was frozen before is frozen still.
+    available_after = max(balance_after - (wallet.held - release) - due, 0)
+    charge_result = Charge(entry_id, charge, amount - charge, balance_after, False, available_after)
+    return "ok", charge_result, available
 
 
 def _settle(
@@ -393,7 +401,7 @@ def _settle(
             corrects_id=corrects_id,
             now=now,
         )
-    outcome, entry_id, charged, balance_after, available = _pg_call(
+    outcome, entry_id, charged, balance_after, available, available_after = _pg_call(
         "SELECT * FROM wallet_settle(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         [
             wallet_id,
@@ -413,7 +421,8 @@ def _settle(
     )
     if outcome == "not_found":
         raise WalletNotFound(wallet_id=wallet_id)
-    return outcome, Charge(entry_id, charged, amount - charged, balance_after), available
+    charge = Charge(entry_id, charged, amount - charged, balance_after, False, available_after)
+    return outcome, charge, available
 
 
 def _debit(
@@ -538,37 +547,45 @@ def _hold_reserve(
     reference: Ref,
     now: dt.datetime,
     exact: bool,
-) -> int | None:
-    """Reserve credits and insert the hold; returns its id, or None if nothing was reserved.
+) -> tuple[str, int | None, int | None]:
+    """Reserve credits and insert the hold. Returns (outcome, hold id, available after):
+    ``ok``; ``duplicate`` (the request id already has a hold: nothing changed); or
+    ``refused`` (nothing reserved: too few credits, a closed or unknown wallet, or — on
+    the fast path only — a lot that may be past its expiry).
 
-    The fast path (PostgreSQL, one call) refuses whenever a lot may be past its expiry;
-    the exact path then locks the wallet and subtracts the frozen credits.
+    The fast path (PostgreSQL, one call) never raises for a duplicate, so a caller's
+    transaction needs no savepoint around it; the exact path locks the wallet and
+    subtracts the frozen credits.
     """
     if _use_pg_functions() and not exact:
-        with _statement_scope():
-            (hold_id,) = _pg_call(
-                "SELECT wallet_hold_create(%s, %s, %s, %s, %s, %s, %s)",
-                [wallet_id, amount, request_id, expires_at, reference.type, reference.id, now],
-            )
-        return int(hold_id) if hold_id is not None else None
-    with transaction.atomic():
-        wallet = _lock_wallet(wallet_id)
-        reserved = Wallet.objects.filter(
-            pk=wallet_id,
-            status=Wallet.Status.ACTIVE,
-            balance__gte=F("held") + amount + _due_sum(wallet, now),
-        ).update(held=F("held") + amount)
-        if not reserved:
-            return None
-        return Hold.objects.create(
-            wallet_id=wallet_id,
-            request_id=request_id,
-            amount=amount,
-            expires_at=expires_at,
-            created_at=now,
-            reference_type=reference.type,
-            reference_id=reference.id,
-        ).pk
+        outcome, hold_id, available_after = _pg_call(
+            "SELECT * FROM wallet_hold_create(%s, %s, %s, %s, %s, %s, %s)",
+            [wallet_id, amount, request_id, expires_at, reference.type, reference.id, now],
+        )
+        return outcome, hold_id, available_after
+    try:
+        with transaction.atomic():
+            wallet = _lock_wallet(wallet_id)
+            due = _due_sum(wallet, now)
+            reserved = Wallet.objects.filter(
+                pk=wallet_id,
+                status=Wallet.Status.ACTIVE,
+                balance__gte=F("held") + amount + due,
+            ).update(held=F("held") + amount)
+            if not reserved:
+                return "refused", None, None
+            hold_id = Hold.objects.create(
+                wallet_id=wallet_id,
+                request_id=request_id,
+                amount=amount,
+                expires_at=expires_at,
+                created_at=now,
+                reference_type=reference.type,
+                reference_id=reference.id,
+            ).pk
+    except IntegrityError:
+        return "duplicate", None, None
+    return "ok", hold_id, wallet.balance - wallet.held - amount - due
 
 
 def _hold_replay(*, wallet_id: int, request_id: str, amount: int) -> Hold | None:
@@ -605,20 +622,17 @@ def hold_create(
     reference = reference or Ref("wallet.hold", request_id[:64])
     wallet_id = _wallet_id(wallet)
     for exact in (False, True):
-        try:
-            hold_id = _hold_reserve(
-                wallet_id=wallet_id,
-                amount=amount,
-                request_id=request_id,
-                expires_at=expires_at,
-                reference=reference,
-                now=now,
-                exact=exact,
-            )
-        except IntegrityError:
-            hold_id = None
-        if hold_id is not None:
-            return Hold(
+        outcome, hold_id, available_after = _hold_reserve(
+            wallet_id=wallet_id,
+            amount=amount,
+            request_id=request_id,
+            expires_at=expires_at,
+            reference=reference,
+            now=now,
+            exact=exact,
+        )
+        if outcome == "ok":
+            hold = Hold(
                 pk=hold_id,
                 wallet_id=wallet_id,
                 request_id=request_id,
@@ -629,6 +643,8 @@ def hold_create(
                 reference_type=reference.type,
                 reference_id=reference.id,
             )
+            hold.available_after = available_after
+            return hold
         replay = _hold_replay(wallet_id=wallet_id, request_id=request_id, amount=amount)
         if replay is not None:
             return replay
@@ -702,11 +718,13 @@ def hold_capture(
     key = Hold(pk=hold_id).capture_key
     if _use_pg_functions():
         ref = reference or Ref("wallet.hold", str(hold_id))
-        outcome, entry_id, charged, balance_after, _ = _pg_call(
+        outcome, entry_id, charged, balance_after, _, available_after = _pg_call(
             _CAPTURE_SQL, [hold_id, amount, kind, key, ref.type, ref.id, now]
         )
         if outcome == "ok":
-            return Charge(entry_id, charged, amount - charged, balance_after)
+            return Charge(
+                entry_id, charged, amount - charged, balance_after, False, available_after
+            )
     else:
         with transaction.atomic():
             updated = Hold.objects.filter(pk=hold_id, status=Hold.Status.ACTIVE).update(

@@ -615,6 +615,33 @@ def test_x_credits_remaining_is_on_every_token_response(api: Api, funded: Wallet
         assert response["X-Credits-Remaining"] == "100.000000", response.status_code
 
 
+def test_x_credits_remaining_after_metering_is_what_the_wallet_holds(
+    api: Api, funded: Wallet
+) -> None:
+    """Authorize, capture and one-shot report the balance their wallet operation left (no
+    second read); it must equal a fresh read of the wallet, and a replay's must too."""
+    from wallet.selectors import wallet_available
+
+    def remaining() -> str:
+        return f"{Decimal(wallet_available(wallet_id=funded.pk)) / 1_000_000:.6f}"
+
+    authorization = authorize(api, max_tokens=1000, request_id="r1")
+    assert authorization["X-Credits-Remaining"] == remaining() != "100.000000"
+    captured = api.post(
+        capture_url(authorization.json()["id"]), {"input_tokens": 7, "output_tokens": 9}
+    )
+    assert captured["X-Credits-Remaining"] == remaining()
+    again = api.post(
+        capture_url(authorization.json()["id"]), {"input_tokens": 7, "output_tokens": 9}
+    )
+    assert again["X-Credits-Remaining"] == remaining()
+    one_shot = api.post(
+        "/api/v1/usage", {"model": "test-chat", "input_tokens": 50}, HTTP_IDEMPOTENCY_KEY="k1"
+    )
+    assert one_shot.status_code == 201
+    assert one_shot["X-Credits-Remaining"] == remaining()
+
+
 def test_organization_tokens_spend_from_the_pool(org_member, prices) -> None:  # type: ignore[no-untyped-def]
     member, organization = org_member
     pool = Wallet.objects.get(organization=organization)

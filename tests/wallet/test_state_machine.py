@@ -39,6 +39,13 @@ amounts = st.integers(min_value=1, max_value=5_000_000)
 categories = st.sampled_from(CreditLot.Category.values)
 
 
+def available_now(wallet: Wallet, now: dt.datetime) -> int:
+    """What the wallet's selectors say is available, to check what the services report."""
+    from wallet.selectors import wallet_summary
+
+    return wallet_summary(wallet=Wallet.objects.get(pk=wallet.pk), now=now).available
+
+
 class LedgerMachine(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
@@ -124,7 +131,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 now=self.now,
             )
             assert charge.charged + charge.shortfall == amount
-            return charge.charged, charge.shortfall, charge.balance_after
+            assert charge.available_after == available_now(wallet, self.now)
+            return charge.charged, charge.shortfall, charge.balance_after, charge.available_after
 
         self.both(operation)
 
@@ -141,9 +149,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 expires_at=self.now + dt.timedelta(minutes=30),
             )
             created[engine] = held.pk
-            return held.amount
+            assert held.available_after == available_now(wallet, self.now)
+            return held.amount, held.available_after
 
-        if self.both(operation) == amount:
+        if self.both(operation)[0] == amount:
             self.holds.append(created)
 
     @rule(data=st.data(), amount=st.integers(0, 8_000_000))
@@ -154,7 +163,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
         def operation(engine: str, wallet: Wallet) -> Any:
             charge = services.hold_capture(hold=pair[engine], amount=amount, now=self.now)
-            return charge.charged, charge.shortfall, charge.balance_after, charge.replayed
+            if not charge.replayed:
+                assert charge.available_after == available_now(wallet, self.now)
+            return (
+                charge.charged,
+                charge.shortfall,
+                charge.balance_after,
+                charge.replayed,
+                charge.available_after,
+            )
 
         self.both(operation)
 
