@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -40,6 +41,7 @@ from accounts.errors import NotAllowed
 from accounts.middleware import HEADER as CREDITS_REMAINING
 from accounts.middleware import credits_remaining_header
 from accounts.models import ApiToken
+from config.fastinput import validated
 from config.openapi import error_responses
 from usage import pricing, selectors, services
 from usage.export import UsageExport
@@ -219,23 +221,27 @@ class UsageInputSerializer(serializers.Serializer):
         return attrs
 
     def report(self) -> services.UsageReport:
-        data = self.validated_data
-        return services.UsageReport(
-            usage=pricing.Usage(
-                input_tokens=data["input_tokens"],
-                output_tokens=data["output_tokens"],
-                cached_input_tokens=data["cached_input_tokens"],
-                reasoning_tokens=data["reasoning_tokens"],
-                task_units=data["task_units"],
-            ),
-            status=data["status"],
-            error=data["error"],
-            latency_ms=data.get("latency_ms"),
-            started_at=data.get("started_at"),
-            finished_at=data.get("finished_at"),
-            estimated=data["estimated"],
-            metadata=dict(data.get("metadata") or {}),
-        )
+        return usage_report(self.validated_data)
+
+
+def usage_report(data: Mapping[str, Any]) -> services.UsageReport:
+    """The service's view of validated ``UsageInputSerializer`` data."""
+    return services.UsageReport(
+        usage=pricing.Usage(
+            input_tokens=data["input_tokens"],
+            output_tokens=data["output_tokens"],
+            cached_input_tokens=data["cached_input_tokens"],
+            reasoning_tokens=data["reasoning_tokens"],
+            task_units=data["task_units"],
+        ),
+        status=data["status"],
+        error=data["error"],
+        latency_ms=data.get("latency_ms"),
+        started_at=data.get("started_at"),
+        finished_at=data.get("finished_at"),
+        estimated=data["estimated"],
+        metadata=dict(data.get("metadata") or {}),
+    )
 
 
 @extend_schema_serializer(component_name="UsageCounts")
@@ -477,9 +483,7 @@ class AuthorizationCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         token = request_token_required(request)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated(self.InputSerializer, request.data)
         result = services.authorization_create(
             token=token,
             model=data["model"],
@@ -540,11 +544,8 @@ class AuthorizationCaptureApi(APIView):
         authorization = selectors.authorization_get_for_token(
             token=token, authorization_id=authorization_id
         )
-        serializer = UsageInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        result = services.authorization_capture(
-            authorization=authorization, report=serializer.report()
-        )
+        report = usage_report(validated(UsageInputSerializer, request.data))
+        result = services.authorization_capture(authorization=authorization, report=report)
         return _replayable(
             usage_record_payload(result.record),
             replayed=result.replayed,
@@ -656,13 +657,12 @@ class UsageCollectionApi(APIView):
     )
     def post(self, request: Request) -> Response:
         token = request_token_required(request)
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = validated(self.InputSerializer, request.data)
         result = services.usage_record_create_oneshot(
             token=token,
-            model=serializer.validated_data["model"],
-            endpoint=serializer.validated_data["endpoint"],
-            report=serializer.report(),
+            model=data["model"],
+            endpoint=data["endpoint"],
+            report=usage_report(data),
             request_id=request.headers.get("Idempotency-Key", ""),
             client_ip=client_ip(request),
         )
