@@ -17,21 +17,24 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 
 M = TypeVar("M", bound=models.Model)
 
 
 def _run(sql: str, params: Sequence[Any], *, fetch: bool) -> Any:
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
+    # ``connection`` is a proxy that looks the connection up in a thread-local on every
+    # attribute access; resolve it once per statement.
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql":
+        with db.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone() if fetch else cursor.rowcount
     # On PostgreSQL: bind on the server and prepare once per connection, so neither side
     # parses or plans these statements again (Django's own cursors bind on the client).
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    db.ensure_connection()
+    db.validate_no_broken_transaction()
+    with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchone() if fetch else cursor.rowcount
 

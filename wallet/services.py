@@ -25,12 +25,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Min, Q, Sum
 from django.utils import timezone
 
+from config import sql as plain_sql
 from config.errors import IdempotencyConflict
 from wallet import money
 from wallet.errors import (
@@ -123,11 +123,7 @@ def _pg_call(sql: str, params: Sequence[Any]) -> tuple[Any, ...]:
     PostgreSQL does not parse and plan them on every request (Django's own cursors bind on
     the client). Errors are translated to Django's database errors as usual.
     """
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        row = cursor.fetchone()
+    row = plain_sql.fetch_one(sql, params)
     assert row is not None
     return tuple(row)
 
