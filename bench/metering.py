@@ -238,6 +238,7 @@ def start_server(args: argparse.Namespace) -> Server:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
         "DJANGO_SECRET_KEY": "bench-secret-key-not-for-production-use-0123456789",
+        "REDEMPTION_CODE_SECRET": "bench-redemption-secret-not-for-production-0123456789",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DATABASE_URL": args.database_url,
         "REDIS_URL": args.redis_url,

@@ -1,8 +1,9 @@
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
@@ -17,12 +18,35 @@ class SyncStackASGIHandler(ASGIHandler):
     whole stack and the view run in the request's thread in one call instead: several
     times less overhead per request. Async views still work: Django calls them through
     ``async_to_sync`` on the event loop, and streaming responses are streamed there.
+
+    Each request still gets a thread of its own for its synchronous work (Django's
+    ``ThreadSensitiveContext`` per request), but from a pool of idle single-thread
+    executors instead of a new thread started and joined for every request.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._idle_executors: list[ThreadPoolExecutor] = []
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
         handler: Any = self
         handler._middleware_chain = sync_to_async(handler._middleware_chain, thread_sensitive=True)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        # Only the event loop's thread touches the list, so pop/append need no lock.
+        executor = (
+            self._idle_executors.pop()
+            if self._idle_executors
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+        )
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            self._idle_executors.append(executor)
 
 
 django.setup(set_prefix=False)  # what get_asgi_application() does before its handler
