@@ -119,7 +119,8 @@ def make_client(gateway: Gateway) -> Callable[[str], openai.OpenAI]:
 
 
 @pytest.fixture
-def client(make_client: Callable[[str], openai.OpenAI], token_secret: str) -> openai.OpenAI:
+def ai(make_client: Callable[[str], openai.OpenAI], token_secret: str) -> openai.OpenAI:
+    """The official client, with a funded inference token."""
     return make_client(token_secret)
 
 

@@ -59,9 +59,9 @@ def _remaining(wallet: Wallet) -> str:
 
 
 def test_completion_charges_the_upstreams_usage(
-    client: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
 ) -> None:
-    raw = client.chat.completions.with_raw_response.create(model="test-chat", messages=MESSAGES)
+    raw = ai.chat.completions.with_raw_response.create(model="test-chat", messages=MESSAGES)
     completion = raw.parse()
 
     assert completion.choices[0].message.content == REPLY
@@ -82,9 +82,9 @@ def test_completion_charges_the_upstreams_usage(
 
 
 def test_stream_with_usage_is_relayed_and_charged_from_the_usage(
-    client: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
 ) -> None:
-    stream = client.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True)
+    stream = ai.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
     assert text == REPLY
@@ -99,10 +99,10 @@ def test_stream_with_usage_is_relayed_and_charged_from_the_usage(
 
 
 def test_stream_without_usage_is_charged_from_the_text_and_marked_estimated(
-    client: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
 ) -> None:
     upstream.mode = "no_usage"
-    stream = client.chat.completions.create(
+    stream = ai.chat.completions.create(
         model="test-chat", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == REPLY
@@ -117,10 +117,8 @@ def test_stream_without_usage_is_charged_from_the_text_and_marked_estimated(
     assert_ledger_ok(funded_wallet)
 
 
-def test_embeddings_are_charged_for_their_input(
-    client: openai.OpenAI, funded_wallet: Wallet
-) -> None:
-    result = client.embeddings.create(model="test-chat", input=["first text", "second"])
+def test_embeddings_are_charged_for_their_input(ai: openai.OpenAI, funded_wallet: Wallet) -> None:
+    result = ai.embeddings.create(model="test-chat", input=["first text", "second"])
 
     assert len(result.data) == 2
     record = _only_record()
@@ -163,11 +161,11 @@ def test_models_lists_the_models_the_token_may_use_with_prices(
 
 
 def test_upstream_500_releases_the_hold_and_records_a_failure(
-    client: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
 ) -> None:
     upstream.mode = "fail500"
     with pytest.raises(openai.InternalServerError) as raised:
-        client.chat.completions.create(model="test-chat", messages=MESSAGES)
+        ai.chat.completions.create(model="test-chat", messages=MESSAGES)
 
     assert raised.value.status_code == 502
     assert raised.value.code == "upstream_unavailable"
@@ -180,11 +178,11 @@ def test_upstream_500_releases_the_hold_and_records_a_failure(
 
 
 def test_upstream_400_is_passed_on_and_nothing_is_charged(
-    client: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
 ) -> None:
     upstream.mode = "fail400"
     with pytest.raises(openai.BadRequestError) as raised:
-        client.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True)
+        ai.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True)
 
     assert raised.value.code == "bad_prompt"
     assert raised.value.body["message"] == "Bad prompt."  # type: ignore[index]
@@ -195,13 +193,13 @@ def test_upstream_400_is_passed_on_and_nothing_is_charged(
 
 
 def test_stalled_upstream_times_out_and_nothing_is_charged(
-    client: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet, settings: Any
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet, settings: Any
 ) -> None:
     settings.GATEWAY_READ_TIMEOUT = 0.5
     upstream.mode, upstream.stall_seconds = "stall", 3
 
     with pytest.raises(openai.APIStatusError) as raised:
-        client.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True)
+        ai.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True)
 
     assert raised.value.status_code == 504 and raised.value.code == "upstream_timeout"
     assert (_only_record().status, _only_record().charged_micro) == ("failed", 0)
@@ -210,14 +208,12 @@ def test_stalled_upstream_times_out_and_nothing_is_charged(
 
 
 def test_cut_stream_is_charged_for_what_was_produced(
-    client: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
 ) -> None:
     upstream.mode = "cut"
     received = []
     with pytest.raises(openai.APIError):
-        for chunk in client.chat.completions.create(
-            model="test-chat", messages=MESSAGES, stream=True
-        ):
+        for chunk in ai.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True):
             received.append(chunk.choices[0].delta.content or "")
 
     assert "".join(received) == REPLY[:16]  # two chunks of eight characters arrived
@@ -259,7 +255,7 @@ def test_client_leaving_mid_stream_stops_the_relay_and_charges_what_was_produced
 
 
 def test_failover_to_the_next_channel_with_its_model_name_and_key(
-    client: openai.OpenAI,
+    ai: openai.OpenAI,
     upstream: FakeUpstream,
     second_upstream: FakeUpstream,
     funded_wallet: Wallet,
@@ -280,7 +276,7 @@ def test_failover_to_the_next_channel_with_its_model_name_and_key(
             api_key=key,
         )
 
-    completion = client.chat.completions.create(model="test-chat", messages=MESSAGES)
+    completion = ai.chat.completions.create(model="test-chat", messages=MESSAGES)
 
     assert completion.choices[0].message.content == REPLY
     assert len(second_upstream.requests) == 1
@@ -295,7 +291,7 @@ def test_failover_to_the_next_channel_with_its_model_name_and_key(
 
 
 def test_disabled_channels_are_skipped(
-    client: openai.OpenAI, upstream: FakeUpstream, second_upstream: FakeUpstream
+    ai: openai.OpenAI, upstream: FakeUpstream, second_upstream: FakeUpstream
 ) -> None:
     UpstreamChannel.objects.create(
         name="off",
@@ -305,7 +301,7 @@ def test_disabled_channels_are_skipped(
     )
     UpstreamChannel.objects.create(name="on", base_url=upstream.url)  # type: ignore[attr-defined]
 
-    client.chat.completions.create(model="test-chat", messages=MESSAGES)
+    ai.chat.completions.create(model="test-chat", messages=MESSAGES)
 
     assert second_upstream.requests == [] and len(upstream.requests) == 1
 
@@ -335,9 +331,9 @@ def test_unlisted_model_is_403_and_nothing_is_charged(
     assert_ledger_ok(funded_wallet)
 
 
-def test_unknown_model_is_openais_404(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+def test_unknown_model_is_openais_404(ai: openai.OpenAI, upstream: FakeUpstream) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
-        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+        ai.chat.completions.create(model="no-such-model", messages=MESSAGES)
 
     assert raised.value.code == "model_not_found"
     assert raised.value.body == {  # type: ignore[comparison-overlap]
@@ -400,11 +396,11 @@ def test_not_enough_credits_is_402_with_the_limit_source(
     assert upstream.requests == []
 
 
-def test_token_rate_limit_is_429(client: openai.OpenAI, token_secret: str, settings: Any) -> None:
+def test_token_rate_limit_is_429(ai: openai.OpenAI, token_secret: str, settings: Any) -> None:
     settings.API_TOKEN_RATE_LIMIT = 1
-    client.models.list()
+    ai.models.list()
     with pytest.raises(openai.RateLimitError) as raised:
-        client.chat.completions.create(model="test-chat", messages=MESSAGES)
+        ai.chat.completions.create(model="test-chat", messages=MESSAGES)
     assert raised.value.code == "rate_limited"
     assert int(raised.value.response.headers["Retry-After"]) >= 1
 
@@ -445,11 +441,11 @@ def test_twenty_concurrent_streams_on_a_balance_for_five_never_overdraw(
         price=chat_price, tier_rate=token.group.tier.rate, messages=MESSAGES, max_tokens=1000
     ).credits_micro
     credit(wallet, f"{(5 * hold + hold // 2) / 1_000_000:.6f}")
-    client = make_client(secret)
+    concurrent_ai = make_client(secret)
 
     def call(_: int) -> Any:
         try:
-            stream = client.chat.completions.create(
+            stream = concurrent_ai.chat.completions.create(
                 model="test-chat", messages=MESSAGES, stream=True, max_tokens=1000
             )
             return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
