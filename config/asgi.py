@@ -4,9 +4,15 @@ from typing import Any
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import set_urlconf
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
+
+GATEWAY_PREFIX = "/v1/"
 
 
 class SyncStackASGIHandler(ASGIHandler):
@@ -32,6 +38,24 @@ class SyncStackASGIHandler(ASGIHandler):
         super().load_middleware(is_async=False)
         handler: Any = self
         handler._middleware_chain = sync_to_async(handler._middleware_chain, thread_sensitive=True)
+        self._gateway_chain = convert_exception_to_response(self._gateway_view)
+
+    async def _gateway_view(self, request: HttpRequest) -> HttpResponseBase:
+        match = self.resolve_request(request)
+        response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
+        return response
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """The OpenAI-compatible gateway (``/v1/``) skips the middleware stack: its async
+        views run on the event loop directly (no hop to a thread and back). They use no
+        session, cookie, CSRF token or message, authenticate their own bearer tokens, and
+        render every error, and ``X-Credits-Remaining``, themselves."""
+        if not request.path_info.startswith(GATEWAY_PREFIX):
+            return await super().get_response_async(request)
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._gateway_chain(request)
+        response._resource_closers.append(request.close)
+        return response
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
