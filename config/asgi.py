@@ -1,6 +1,7 @@
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -9,6 +10,8 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_urlconf
+
+from config import after_response
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
@@ -28,6 +31,9 @@ class SyncStackASGIHandler(ASGIHandler):
     Each request still gets a thread of its own for its synchronous work (Django's
     ``ThreadSensitiveContext`` per request), but from a pool of idle single-thread
     executors instead of a new thread started and joined for every request.
+
+    Work a view defers with ``config.after_response.defer`` runs once the response is
+    complete, in the request's thread-sensitive context, before its thread is reused.
     """
 
     def __init__(self) -> None:
@@ -38,7 +44,10 @@ class SyncStackASGIHandler(ASGIHandler):
         super().load_middleware(is_async=False)
         handler: Any = self
         handler._middleware_chain = sync_to_async(handler._middleware_chain, thread_sensitive=True)
-        self._gateway_chain = convert_exception_to_response(self._gateway_view)
+        self._gateway_chain = cast(
+            Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+            convert_exception_to_response(self._gateway_view),
+        )
 
     async def _gateway_view(self, request: HttpRequest) -> HttpResponseBase:
         match = self.resolve_request(request)
@@ -54,7 +63,7 @@ class SyncStackASGIHandler(ASGIHandler):
             return await super().get_response_async(request)
         set_urlconf(settings.ROOT_URLCONF)
         response = await self._gateway_chain(request)
-        response._resource_closers.append(request.close)
+        cast(Any, response)._resource_closers.append(request.close)
         return response
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -66,9 +75,13 @@ class SyncStackASGIHandler(ASGIHandler):
             if self._idle_executors
             else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
         )
+        deferred = after_response.begin()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
+                # The response is complete (the connection may already serve the next
+                # request); finish the request's own bookkeeping in its thread.
+                await after_response.run(deferred)
         finally:
             self._idle_executors.append(executor)
 

@@ -32,6 +32,7 @@ from rest_framework.exceptions import APIException
 
 from accounts.authentication import client_ip
 from accounts.middleware import HEADER as CREDITS_REMAINING
+from config import after_response
 from config.errors import ApplicationError
 from usage.gateway import metering, upstream
 from usage.gateway.errors import (
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _admit = sync_to_async(metering.admit)
 _settle = sync_to_async(metering.settle)
+_settle_and_release = sync_to_async(metering.settle_and_release)
 _model_list = sync_to_async(metering.model_list)
 
 
@@ -135,6 +137,19 @@ async def _failed(
     return error_response(exc, credits_remaining=remaining)
 
 
+async def _settle_after_response(
+    admission: metering.Admission, outcome: metering.Outcome, *, produced: bool
+) -> bool:
+    """Settle once the answer is out (the client does not wait for the capture; the hold
+    already bounds what the call can spend). False when the server cannot defer work: the
+    caller settles before answering."""
+
+    async def work() -> None:
+        await _settle_and_release(admission=admission, outcome=outcome, produced=produced)
+
+    return after_response.defer(work)
+
+
 async def _complete(
     admission: metering.Admission, outcome: metering.Outcome, response: httpx.Response
 ) -> HttpResponse:
@@ -150,7 +165,10 @@ async def _complete(
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict)
         )
     outcome.finished_at = timezone.now()
-    remaining = await _settle(admission=admission, outcome=outcome, produced=True)
+    if await _settle_after_response(admission, outcome, produced=True):
+        remaining = metering.credits_projected(admission=admission, outcome=outcome)
+    else:
+        remaining = await _settle(admission=admission, outcome=outcome, produced=True)
     reply = HttpResponse(
         response.content,
         status=response.status_code,
@@ -222,6 +240,16 @@ class MeteredStream(StreamingHttpResponse):
 def _stream_response(
     admission: metering.Admission, outcome: metering.Outcome, answer: upstream.Upstream
 ) -> MeteredStream:
+    async def if_never_relayed() -> None:
+        # The client left before the server began sending the body: the relay never ran.
+        if not outcome.relayed:
+            await answer.response.aclose()
+            outcome.status = UsageRecord.Status.CANCELLED
+            outcome.error = "The client disconnected before the answer was relayed."
+            outcome.finished_at = timezone.now()
+            await _settle_and_release(admission=admission, outcome=outcome, produced=False)
+
+    after_response.defer(if_never_relayed)
     response = MeteredStream(_relay(admission, outcome, answer), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -237,6 +265,7 @@ async def _relay(
     ends, breaks, or the client leaves, stop reading upstream and charge what was
     produced."""
     meter = StreamMeter()
+    outcome.relayed = True
     try:
         async for chunk in answer.response.aiter_bytes():
             meter.feed(chunk)
@@ -253,7 +282,8 @@ async def _relay(
         outcome.usage, outcome.output_chars = meter.usage, meter.chars
         outcome.finished_at = timezone.now()
         await answer.response.aclose()
-        try:
-            await asyncio.shield(_settle(admission=admission, outcome=outcome, produced=True))
-        except Exception:
-            logger.exception("settling a streamed call failed")
+        if not await _settle_after_response(admission, outcome, produced=True):
+            try:
+                await asyncio.shield(_settle(admission=admission, outcome=outcome, produced=True))
+            except Exception:
+                logger.exception("settling a streamed call failed")
