@@ -96,16 +96,8 @@ def test_channels_are_tried_by_priority_and_default_to_the_environment(settings:
 
 
 def test_a_failed_call_releases_its_hold_and_is_recorded_once_with_nothing_charged(
-    user: Any,
+    user: Any, prices: Any
 ) -> None:
-    services.model_price_create(
-        model="test-search",
-        display_name="Test Search",
-        provider="Test",
-        input_usd_per_mtok="3",
-        output_usd_per_mtok="15",
-        request_usd="0.005",
-    )
     wallet = Wallet.objects.get(user=user)
     credit(wallet, "1")
     token, _ = make_token(user)
