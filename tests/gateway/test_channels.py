@@ -72,6 +72,11 @@ def test_saving_without_a_new_key_keeps_the_stored_one(admin_client: Client) -> 
 
 
 def test_a_bad_model_map_is_refused(admin_client: Client) -> None:
+    response = admin_client.post(
+        "/admin/usage/upstreamchannel/add/", _form(model_map='["not", "a", "mapping"]')
+    )
+    assert response.status_code == 200
+    assert "The model mapping must be a JSON object" in response.content.decode()
     with pytest.raises(InvalidChannel):
         channels.upstream_channel_save(
             channel=UpstreamChannel(name="x", base_url="https://a.example", model_map=["no"])
