@@ -150,6 +150,10 @@ def test_models_lists_the_models_the_token_may_use_with_prices(
     )
 
     assert sorted(m.id for m in everything.models.list()) == ["other-model", "test-chat"]
+    services.model_price_create(
+        model="other-model", display_name="Other", provider="Test", active=False
+    )
+    assert [m.id for m in everything.models.list()] == ["test-chat"]  # taken off the catalog
     (model,) = only_chat.models.list().data
     assert model.id == "test-chat" and model.owned_by == "Test"
     pricing = model.model_extra["pricing"]  # type: ignore[index]
