@@ -422,6 +422,9 @@ def test_bad_input_is_400_and_nothing_is_held(
         response = httpx.post(url, json=body, headers=headers)
         assert response.status_code == 400
         assert response.json()["error"]["param"] == param
+        assert response.headers["X-Credits-Remaining"] == "10.000000"
+    bad_token = {"Authorization": "Bearer sk-live-nope"}
+    assert httpx.post(url, json={"model": "x"}, headers=bad_token).status_code == 401
     assert httpx.post(url, content=b"{", headers=headers).status_code == 400
     assert httpx.get(url, headers=headers).status_code == 400
     assert not Authorization.objects.exists()

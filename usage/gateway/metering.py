@@ -176,6 +176,11 @@ def token_admit(*, secret: str, client_ip: str) -> ApiToken:
     return token
 
 
+def token_credits(*, secret: str, client_ip: str) -> str:
+    """Admit the token alone (for a call refused before metering): its X-Credits-Remaining."""
+    return _credits_remaining(token_admit(secret=secret, client_ip=client_ip))
+
+
 def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
     """Authenticate, check the token, and authorize the call (estimate, every cap, the
     hold) in one step; also load the channels to try."""
