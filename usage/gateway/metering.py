@@ -124,6 +124,10 @@ def _embeddings_call(body: dict[str, Any], model: str) -> Call:
 
 @dataclass
 class Admission:
+    """An admitted call: the request, its token and authorization (the hold), and where
+    to send it."""
+
+    call: Call
     token: ApiToken
     authorization: Authorization
     channels: list[Channel]
@@ -200,6 +204,7 @@ def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
     except (ApplicationError, APIException) as exc:
         raise Refused(exc, _credits_remaining(token)) from exc
     return Admission(
+        call=call,
         token=token,
         authorization=result.authorization,
         channels=channel_list_for_gateway(),
@@ -258,9 +263,13 @@ def _reported_usage(usage: Any) -> pricing.Usage | None:
 
 
 def capture_report(*, admission: Admission, outcome: Outcome) -> services.UsageReport:
-    """The usage to charge for a call: the upstream's own counts when it reported them;
-    otherwise the authorization's input estimate plus the produced text at four characters
-    a token, marked ``estimated``."""
+    """The one place that turns a call (``admission.call``, the request) and what became
+    of it upstream (``outcome``, the response) into the report the capture prices and
+    records.
+
+    The usage charged is the upstream's own counts when it reported them; otherwise the
+    authorization's input estimate plus the produced text at four characters a token,
+    marked ``estimated``."""
     usage = _reported_usage(outcome.usage)
     estimated = usage is None
     if usage is None:
