@@ -426,7 +426,8 @@ def test_bad_input_is_400_and_nothing_is_held(
     bad_token = {"Authorization": "Bearer sk-live-nope"}
     assert httpx.post(url, json={"model": "x"}, headers=bad_token).status_code == 401
     assert httpx.post(url, content=b"{", headers=headers).status_code == 400
-    assert httpx.get(url, headers=headers).status_code == 400
+    wrong_method = httpx.get(url, headers=headers)
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
     assert not Authorization.objects.exists()
 
 

@@ -37,6 +37,7 @@ from config.errors import ApplicationError
 from usage.gateway import metering, upstream
 from usage.gateway.errors import (
     InvalidRequest,
+    MethodNotAllowed,
     MissingApiKey,
     UpstreamUnavailable,
     error_response,
@@ -63,9 +64,9 @@ def _bearer(request: HttpRequest) -> str:
 
 
 def _method_not_allowed(method: str) -> JsonResponse:
-    return error_response(
-        InvalidRequest(f"Use {method} for this endpoint.", type="invalid_request_error")
-    )
+    response = error_response(MethodNotAllowed(f"Use {method} for this endpoint."))
+    response["Allow"] = method
+    return response
 
 
 @csrf_exempt
