@@ -1,4 +1,4 @@
-"""Talking to the upstream channels: one pooled ``httpx.AsyncClient`` per event loop (one
+"""Talking to the upstream channels: one shared, pooled httpx transport per event loop (one
 per web process in production), HTTP/1.1 keep-alive, connect and read timeouts from the
 settings, and failover to the next channel while nothing has reached the client yet.
 
