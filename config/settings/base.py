@@ -99,6 +99,11 @@ def pool_connections(database: Any) -> None:
     if database["ENGINE"] != "django.db.backends.postgresql":
         return
     database["CONN_MAX_AGE"] = 0
+    # Django's health check makes the pool test every connection it hands out with a round
+    # trip to the server: one more per request. The pool already drops a connection that
+    # comes back broken; after a database restart, a request that gets a stale one fails
+    # (clients retry with their idempotency key). Turn it on where that matters more.
+    database["CONN_HEALTH_CHECKS"] = env.bool("DB_POOL_HEALTH_CHECKS", default=False)
     database.setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
