@@ -12,7 +12,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from billing import pricing, services
-from billing.models import BonusRule, Refund, TopUpOrder, TopUpPackage, WebhookEvent
+from billing.models import (
+    BonusRule,
+    RecurringGrant,
+    Refund,
+    TopUpOrder,
+    TopUpPackage,
+    WebhookEvent,
+)
 from config.admin_mixins import ReadOnlyMixin
 from config.errors import ApplicationError
 from wallet import money
@@ -181,3 +188,38 @@ class WebhookEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
         for event in queryset:
             result = services.webhook_event_process(event_id=event.pk)
             self.message_user(request, f"{event.event_id}: {result.event.status}")
+
+
+@admin.register(RecurringGrant)
+class RecurringGrantAdmin(admin.ModelAdmin):
+    """Plan allowances. Granting happens in ``billing.tasks.recurring_grants``; editing a
+    grant changes future months only (a month is granted once)."""
+
+    list_display = (
+        "name",
+        "wallet",
+        "monthly",
+        "rollover_cap",
+        "starts_on",
+        "ends_on",
+        "is_active",
+    )
+    list_filter = ("is_active",)
+    search_fields = ("name", "wallet__user__email", "wallet__organization__slug")
+    raw_id_fields = ("wallet",)
+    readonly_fields = ("created_by", "created_at")
+
+    @admin.display(description="Credits per month", ordering="credits_per_month_micro")
+    def monthly(self, obj: RecurringGrant) -> str:
+        return money.format_credits(obj.credits_per_month_micro)
+
+    @admin.display(description="Rollover cap", ordering="rollover_cap_micro")
+    def rollover_cap(self, obj: RecurringGrant) -> str:
+        return money.format_credits(obj.rollover_cap_micro)
+
+    def save_model(
+        self, request: HttpRequest, obj: RecurringGrant, form: Any, change: bool
+    ) -> None:
+        if not change:
+            obj.created_by = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)
