@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin
@@ -103,9 +103,14 @@ class SupportUserAdmin(account_admin.UserAdmin):
     """Search by email, name, top-up order number or API token prefix; the wallet at a
     glance; adjustments, promotional grants, disabling and token revocation."""
 
-    search_fields: Any = ("email", "full_name", "=topup_orders__order_no", "=api_tokens__prefix")
+    search_fields: ClassVar[Any] = (
+        "email",
+        "full_name",
+        "=topup_orders__order_no",
+        "=api_tokens__prefix",
+    )
     readonly_fields = ("wallet_summary",)
-    fieldsets: Any = (
+    fieldsets: ClassVar[Any] = (
         *account_admin.UserAdmin.fieldsets,
         ("Wallet", {"fields": ("wallet_summary",)}),
     )
@@ -346,7 +351,7 @@ class RefundForm(StaffActionForm):
 
 
 class SupportTopUpOrderAdmin(billing_admin.TopUpOrderAdmin):
-    list_filter: Any = (
+    list_filter: ClassVar[Any] = (
         *billing_admin.TopUpOrderAdmin.list_filter,
         ("created_at", admin.DateFieldListFilter),
     )
@@ -416,7 +421,7 @@ class MarginReportAdmin(admin.ModelAdmin):
     model. ``?format=csv`` downloads the same rows."""
 
     def _allowed(self, request: HttpRequest) -> bool:
-        return bool(request.user.is_active and request.user.has_perm("audit.view_margin_report"))
+        return bool(request.user.is_active and request.user.has_perm("audit.read_margin_report"))
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self._allowed(request)

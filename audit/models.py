@@ -43,7 +43,7 @@ class AuditRecord(models.Model):
             ("correct_charge", "Can correct the charge of a usage record"),
             ("disable_account", "Can disable customer accounts"),
             ("revoke_tokens", "Can revoke every API token of an account"),
-            ("view_margin_report", "Can view the margin report"),
+            ("read_margin_report", "Can view the margin report"),
         ]
         constraints = [
             models.UniqueConstraint(

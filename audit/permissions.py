@@ -45,7 +45,7 @@ SUPPORT_PERMISSIONS = (
 FINANCE_PERMISSIONS = (
     *SUPPORT_PERMISSIONS,
     "audit.adjust_balance_unlimited",
-    "audit.view_margin_report",
+    "audit.read_margin_report",
     "billing.refund_topuporder",
     "billing.confirm_topuporder",
     "billing.add_topuppackage",

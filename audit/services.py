@@ -287,7 +287,7 @@ def staff_usage_charge_correct(
         return replay
     with transaction.atomic():
         # The record's row lock serializes corrections of one record (lock order: record,
-        # then the wallet inside wallet.services).
+        # token, then the wallet inside wallet.services).
         locked = UsageRecord.objects.select_for_update().get(pk=record.pk)
         original = _usage_entry(locked)
         if AuditRecord.objects.filter(
@@ -299,6 +299,13 @@ def staff_usage_charge_correct(
         wallet = Wallet.objects.get(pk=locked.wallet_id)
         before = {**_wallet_view(wallet), "charged": usage_record_charged_net(record=locked)}
         reference = wallet_services.Ref.to(locked)
+        if locked.token_id is not None:
+            # The token's lifetime usage (its quota) follows the corrected charge. Locked
+            # before the wallet: the global lock order is token, membership, hold, wallet.
+            reversed_micro = -original.amount if original is not None else 0
+            account_services.api_token_spend_add(
+                token_id=locked.token_id, amount=(new_charge_micro or 0) - reversed_micro
+            )
         entries: list[LedgerEntry] = []
         if original is not None and original.amount < 0:
             entries.append(
