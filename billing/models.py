@@ -397,7 +397,7 @@ class RecurringGrant(models.Model):
     rollover_cap_micro = models.BigIntegerField(
         default=0, help_text="Most unused µcr carried into the next month (0: none)."
     )
-    starts_on = models.DateField(default=timezone.now, help_text="First month granted.")
+    starts_on = models.DateField(default=timezone.localdate, help_text="First month granted.")
     ends_on = models.DateField(null=True, blank=True, help_text="No grant after this day.")
     is_active = models.BooleanField(default=True)
     created_by = models.ForeignKey(

@@ -33,6 +33,9 @@ def _ledger_stays_clean(db: None) -> Iterator[None]:
 
 
 def staff_member(group: str, **kwargs: Any) -> User:
+    # Transactional tests elsewhere flush the tables the migration filled; put them back.
+    if not Group.objects.filter(name=group).exists():
+        permissions.groups_sync()
     user = UserFactory(is_staff=True, **kwargs)
     user.groups.add(Group.objects.get(name=group))
     return User.objects.get(pk=user.pk)  # fresh permission cache

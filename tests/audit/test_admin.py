@@ -191,9 +191,9 @@ def test_other_admin_actions_leave_audit_records(support_client, token) -> None:
 
 
 def test_a_change_in_the_admin_is_audited_with_before_and_after(finance_client) -> None:
-    from accounts.models import BillingTier
+    from accounts import services as account_services
 
-    tier = BillingTier.objects.get(name="standard")
+    tier = account_services.token_group_default().tier
     response = finance_client.post(
         f"/admin/accounts/billingtier/{tier.pk}/change/",
         {
