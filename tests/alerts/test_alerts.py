@@ -168,7 +168,7 @@ def test_a_member_past_the_share_of_its_limit_alerts_once_a_month(
     team, django_capture_on_commit_callbacks, settings
 ) -> None:
     settings.ORG_SPEND_ALERT_PERCENT = 80
-    organization, owner, membership = team
+    _, owner, membership = team
     _spend(membership, "79.99")
     with django_capture_on_commit_callbacks(execute=True):
         assert services.organization_spend_sweep() == 0
