@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -190,11 +191,51 @@ class WebhookEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
             self.message_user(request, f"{event.event_id}: {result.event.status}")
 
 
+class RecurringGrantForm(forms.ModelForm):
+    """Staff type credits; the grant keeps µcr."""
+
+    credits_per_month = forms.DecimalField(max_digits=24, decimal_places=6, min_value=0)
+    rollover_cap = forms.DecimalField(
+        max_digits=24,
+        decimal_places=6,
+        min_value=0,
+        initial=0,
+        help_text="Most unused credits carried into the next month (0: none).",
+    )
+
+    class Meta:
+        model = RecurringGrant
+        fields = ("name", "wallet", "starts_on", "ends_on", "is_active")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["credits_per_month"] = money.micro_to_credits(
+                self.instance.credits_per_month_micro
+            )
+            self.initial["rollover_cap"] = money.micro_to_credits(self.instance.rollover_cap_micro)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            if data.get("credits_per_month") is not None:
+                self.instance.credits_per_month_micro = money.credits_to_micro(
+                    data["credits_per_month"]
+                )
+            self.instance.rollover_cap_micro = money.credits_to_micro(
+                data.get("rollover_cap") or 0, allow_zero=True
+            )
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from exc
+        return data
+
+
 @admin.register(RecurringGrant)
 class RecurringGrantAdmin(admin.ModelAdmin):
     """Plan allowances. Granting happens in ``billing.tasks.recurring_grants``; editing a
     grant changes future months only (a month is granted once)."""
 
+    form = RecurringGrantForm
     list_display = (
         "name",
         "wallet",

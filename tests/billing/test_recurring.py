@@ -82,3 +82,26 @@ def test_the_task_run_twice_grants_once(wallet) -> None:
     assert tasks.recurring_grants.delay().get() == 0
     assert refresh(wallet).balance == micro("5")
     assert_ledger_ok(wallet)
+
+
+def test_staff_set_up_a_grant_in_credits_in_the_admin(wallet) -> None:
+    from tests.billing.conftest import api
+    from tests.factories import UserFactory
+
+    client = api(UserFactory(is_staff=True, is_superuser=True))
+    response = client.post(
+        "/admin/billing/recurringgrant/add/",
+        {
+            "name": "Pro plan",
+            "wallet": wallet.pk,
+            "credits_per_month": "250.5",
+            "rollover_cap": "50",
+            "starts_on": "2031-01-01",
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 302, response.content[:3000]
+    grant = RecurringGrant.objects.get()
+    assert grant.credits_per_month_micro == micro("250.5")
+    assert grant.rollover_cap_micro == micro("50")
+    assert client.get(f"/admin/billing/recurringgrant/{grant.pk}/change/").status_code == 200
