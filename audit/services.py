@@ -39,11 +39,18 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
+# Never copied into the trail: credentials and the hashes that stand for them.
+SECRET_FIELDS = frozenset({"password", "secret_hash", "code_hash"})
+
+
 def snapshot(obj: Any, fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """The audit view of a model instance: its concrete fields (or ``fields``)."""
+    """The audit view of a model instance: its editable fields (or ``fields``), without
+    secrets."""
     if obj is None:
         return {}
-    data = model_to_dict(obj, fields=list(fields) if fields is not None else None)
+    data = model_to_dict(
+        obj, fields=list(fields) if fields is not None else None, exclude=list(SECRET_FIELDS)
+    )
     # model_to_dict leaves out non-editable fields; the primary key matters in a trail.
     data.setdefault("id", obj.pk)
     return _json(data)

@@ -145,7 +145,7 @@ def test_support_cannot_refund(support, support_client, user) -> None:
             order=order, amount_minor=None, idempotency_key="s", actor=support
         )
     assert not Refund.objects.exists()
-    assert refresh(Wallet.objects.get(user=user)).balance == micro("103")
+    assert refresh(Wallet.objects.get(user=user)).balance == order.total_micro
 
 
 def test_finance_refunds_part_of_an_order(finance_client, user) -> None:
@@ -242,3 +242,23 @@ def test_the_margin_report_and_its_csv(finance_client, token, support) -> None:
     assert rows[0][:3] == ["day", "model", "requests"]
     assert rows[1][1:3] == ["test-chat", "2"] and Decimal(rows[1][6]) == Decimal("0.5")
     assert UsageRecord.objects.count() == 2
+
+
+def test_the_trail_never_keeps_password_hashes(user) -> None:
+    admin_client = logged_in(UserFactory(is_staff=True, is_superuser=True))
+    page = admin_client.get(f"/admin/accounts/user/{user.pk}/change/")
+    form = page.context["adminform"].form
+    data = {name: form[name].value() or "" for name in ("email", "full_name", "country")}
+    data.update(
+        {
+            "is_active": "on",
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+            "full_name": "Renamed",
+        }
+    )
+    response = admin_client.post(f"/admin/accounts/user/{user.pk}/change/", data)
+    assert response.status_code == 302, response.content[:3000]
+    record = AuditRecord.objects.get(action="admin.change")
+    assert record.after["full_name"] == "Renamed"
+    assert "password" not in record.before and "password" not in record.after
