@@ -22,7 +22,7 @@ from django.utils.html import format_html, format_html_join
 from accounts import admin as account_admin
 from accounts.models import User
 from audit import services
-from audit.admin_mixins import StaffActionForm, audited, form_action
+from audit.admin_mixins import StaffActionForm, staff_form_action
 from audit.models import AuditRecord, MarginReport
 from billing import admin as billing_admin
 from billing import pricing
@@ -190,96 +190,63 @@ class SupportUserAdmin(account_admin.UserAdmin):
     def has_revoke_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("audit.revoke_tokens"))
 
-    @admin.action(description="Adjust balance (up or down)", permissions=["adjust"])
-    @audited
-    def adjust_balance(self, request: HttpRequest, queryset: QuerySet[User]) -> Any:
-        def apply(user: User, data: dict[str, Any], key: str) -> str:
-            entry = services.staff_wallet_adjust(
-                actor=request.user,  # type: ignore[arg-type]
-                wallet=_wallet_of(user),
-                amount_micro=_micro(data["amount"]),
-                category=data["category"],
-                expires_at=data.get("expires_at"),
-                reason=data["reason"],
-                idempotency_key=key,
-            )
-            return f"adjusted by {money.format_credits(entry.amount)} credits"
-
-        return form_action(
-            self,
-            request,
-            queryset,
-            form_class=AdjustForm,
-            action="adjust_balance",
-            title="Adjust balance",
-            apply=apply,
+    @staff_form_action(
+        form_class=AdjustForm,
+        title="Adjust balance",
+        description="Adjust balance (up or down)",
+        permissions=["adjust"],
+    )
+    def adjust_balance(
+        self, request: HttpRequest, user: User, data: dict[str, Any], key: str
+    ) -> str:
+        entry = services.staff_wallet_adjust(
+            actor=request.user,  # type: ignore[arg-type]
+            wallet=_wallet_of(user),
+            amount_micro=_micro(data["amount"]),
+            category=data["category"],
+            expires_at=data.get("expires_at"),
+            reason=data["reason"],
+            idempotency_key=key,
         )
+        return f"adjusted by {money.format_credits(entry.amount)} credits"
 
-    @admin.action(description="Grant promotional credits", permissions=["adjust"])
-    @audited
-    def grant_promotional(self, request: HttpRequest, queryset: QuerySet[User]) -> Any:
-        def apply(user: User, data: dict[str, Any], key: str) -> str:
-            entry = services.staff_promotional_grant(
-                actor=request.user,  # type: ignore[arg-type]
-                wallet=_wallet_of(user),
-                amount_micro=money.credits_to_micro(data["amount"]),
-                expires_at=data.get("expires_at"),
-                reason=data["reason"],
-                idempotency_key=key,
-            )
-            return f"granted {money.format_credits(entry.amount)} promotional credits"
-
-        return form_action(
-            self,
-            request,
-            queryset,
-            form_class=PromotionalForm,
-            action="grant_promotional",
-            title="Grant promotional credits",
-            apply=apply,
+    @staff_form_action(
+        form_class=PromotionalForm, title="Grant promotional credits", permissions=["adjust"]
+    )
+    def grant_promotional(
+        self, request: HttpRequest, user: User, data: dict[str, Any], key: str
+    ) -> str:
+        entry = services.staff_promotional_grant(
+            actor=request.user,  # type: ignore[arg-type]
+            wallet=_wallet_of(user),
+            amount_micro=money.credits_to_micro(data["amount"]),
+            expires_at=data.get("expires_at"),
+            reason=data["reason"],
+            idempotency_key=key,
         )
+        return f"granted {money.format_credits(entry.amount)} promotional credits"
 
-    @admin.action(description="Disable the account", permissions=["disable"])
-    @audited
-    def disable_account(self, request: HttpRequest, queryset: QuerySet[User]) -> Any:
-        def apply(user: User, data: dict[str, Any], key: str) -> str:
-            services.staff_user_disable(
-                actor=request.user,  # type: ignore[arg-type]
-                user=user,
-                reason=data["reason"],
-            )
-            return "disabled"
-
-        return form_action(
-            self,
-            request,
-            queryset,
-            form_class=ReasonForm,
-            action="disable_account",
-            title="Disable the account",
-            apply=apply,
+    @staff_form_action(form_class=ReasonForm, title="Disable the account", permissions=["disable"])
+    def disable_account(
+        self, request: HttpRequest, user: User, data: dict[str, Any], key: str
+    ) -> str:
+        services.staff_user_disable(
+            actor=request.user,  # type: ignore[arg-type]
+            user=user,
+            reason=data["reason"],
         )
+        return "disabled"
 
-    @admin.action(description="Revoke all API tokens", permissions=["revoke"])
-    @audited
-    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[User]) -> Any:
-        def apply(user: User, data: dict[str, Any], key: str) -> str:
-            count = services.staff_user_tokens_revoke(
-                actor=request.user,  # type: ignore[arg-type]
-                user=user,
-                reason=data["reason"],
-            )
-            return f"revoked {count} token(s)"
-
-        return form_action(
-            self,
-            request,
-            queryset,
-            form_class=ReasonForm,
-            action="revoke_tokens",
-            title="Revoke all API tokens",
-            apply=apply,
+    @staff_form_action(form_class=ReasonForm, title="Revoke all API tokens", permissions=["revoke"])
+    def revoke_tokens(
+        self, request: HttpRequest, user: User, data: dict[str, Any], key: str
+    ) -> str:
+        count = services.staff_user_tokens_revoke(
+            actor=request.user,  # type: ignore[arg-type]
+            user=user,
+            reason=data["reason"],
         )
+        return f"revoked {count} token(s)"
 
 
 admin.site.unregister(User)
@@ -304,32 +271,25 @@ class SupportUsageRecordAdmin(usage_admin.UsageRecordAdmin):
     def has_correct_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("audit.correct_charge"))
 
-    @admin.action(description="Correct the charge (reversal + new charge)", permissions=["correct"])
-    @audited
-    def correct_charge(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> Any:
-        def apply(record: UsageRecord, data: dict[str, Any], key: str) -> str:
-            new = data.get("new_charge")
-            services.staff_usage_charge_correct(
-                actor=request.user,  # type: ignore[arg-type]
-                record=record,
-                new_charge_micro=None
-                if new is None
-                else money.credits_to_micro(new, allow_zero=True),
-                reason=data["reason"],
-                idempotency_key=key,
-            )
-            net = services.usage_record_charged_net(record=record)
-            return f"now charged {money.format_credits(net)} credits"
-
-        return form_action(
-            self,
-            request,
-            queryset,
-            form_class=CorrectChargeForm,
-            action="correct_charge",
-            title="Correct the charge",
-            apply=apply,
+    @staff_form_action(
+        form_class=CorrectChargeForm,
+        title="Correct the charge",
+        description="Correct the charge (reversal + new charge)",
+        permissions=["correct"],
+    )
+    def correct_charge(
+        self, request: HttpRequest, record: UsageRecord, data: dict[str, Any], key: str
+    ) -> str:
+        new = data.get("new_charge")
+        services.staff_usage_charge_correct(
+            actor=request.user,  # type: ignore[arg-type]
+            record=record,
+            new_charge_micro=None if new is None else money.credits_to_micro(new, allow_zero=True),
+            reason=data["reason"],
+            idempotency_key=key,
         )
+        net = services.usage_record_charged_net(record=record)
+        return f"now charged {money.format_credits(net)} credits"
 
 
 admin.site.unregister(UsageRecord)
@@ -357,49 +317,44 @@ class SupportTopUpOrderAdmin(billing_admin.TopUpOrderAdmin):
     )
     actions = [*billing_admin.TopUpOrderAdmin.actions, "refund_amount"]
 
-    @admin.action(description="Refund an amount (full or partial)", permissions=["refund"])
-    @audited
-    def refund_amount(self, request: HttpRequest, queryset: QuerySet[TopUpOrder]) -> Any:
-        def apply(order: TopUpOrder, data: dict[str, Any], key: str) -> str:
-            amount = data.get("amount")
-            made = billing_services.refund_create(
-                order=order,
-                amount_minor=None if amount is None else pricing.parse_amount(amount),
-                idempotency_key=f"admin-{key}",
-                actor=request.user,
-                reason=data["reason"],
-                source=Refund.Source.ADMIN,
-            )
-            # The refund is two transactions around the provider call; the record follows.
-            services.audit_record_create(
-                actor=request.user,
-                action="billing.refund",
-                target=order,
-                reason=data["reason"],
-                before={"status": order.status},
-                after={
-                    "status": TopUpOrder.objects.get(pk=order.pk).status,
-                    "refund_id": made.pk,
-                    "refund_status": made.status,
-                    "amount_minor": made.amount_minor,
-                    "credits_micro": made.credits_micro,
-                },
-                idempotency_key=f"refund:{key}",
-            )
-            return (
-                f"refund {made.get_status_display().lower()}: "
-                f"{pricing.format_minor(made.amount_minor)} {made.currency.upper()}, "
-                f"took back {money.format_credits(made.credits_micro)} credits"
-            )
-
-        return form_action(
-            self,
-            request,
-            queryset,
-            form_class=RefundForm,
-            action="refund_amount",
-            title="Refund",
-            apply=apply,
+    @staff_form_action(
+        form_class=RefundForm,
+        title="Refund",
+        description="Refund an amount (full or partial)",
+        permissions=["refund"],
+    )
+    def refund_amount(
+        self, request: HttpRequest, order: TopUpOrder, data: dict[str, Any], key: str
+    ) -> str:
+        amount = data.get("amount")
+        made = billing_services.refund_create(
+            order=order,
+            amount_minor=None if amount is None else pricing.parse_amount(amount),
+            idempotency_key=f"admin-{key}",
+            actor=request.user,
+            reason=data["reason"],
+            source=Refund.Source.ADMIN,
+        )
+        # The refund is two transactions around the provider call; the record follows.
+        services.audit_record_create(
+            actor=request.user,
+            action="billing.refund",
+            target=order,
+            reason=data["reason"],
+            before={"status": order.status},
+            after={
+                "status": TopUpOrder.objects.get(pk=order.pk).status,
+                "refund_id": made.pk,
+                "refund_status": made.status,
+                "amount_minor": made.amount_minor,
+                "credits_micro": made.credits_micro,
+            },
+            idempotency_key=f"refund:{key}",
+        )
+        return (
+            f"refund {made.get_status_display().lower()}: "
+            f"{pricing.format_minor(made.amount_minor)} {made.currency.upper()}, "
+            f"took back {money.format_credits(made.credits_micro)} credits"
         )
 
 
@@ -416,7 +371,7 @@ class MarginFilterForm(forms.Form):
 
 
 @admin.register(MarginReport)
-class MarginReportAdmin(admin.ModelAdmin):
+class MarginReportAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Finance: credits charged (USD at the credit rate) against vendor cost, per day and
     model. ``?format=csv`` downloads the same rows."""
 
@@ -428,15 +383,6 @@ class MarginReportAdmin(admin.ModelAdmin):
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._allowed(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         if not self._allowed(request):

@@ -4,12 +4,13 @@ the business apps, so a new admin class is audited without remembering to."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django import forms
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
@@ -162,3 +163,36 @@ def form_action(
         "opts": modeladmin.model._meta,
     }
     return TemplateResponse(request, "admin/audit/action_form.html", context)
+
+
+def staff_form_action(
+    *,
+    form_class: type[StaffActionForm],
+    title: str,
+    permissions: list[str],
+    description: str = "",
+) -> Callable[[Callable[..., str]], Callable[..., Any]]:
+    """Turn ``apply(modeladmin, request, obj, cleaned_data, key) -> message`` into an admin
+    action that first asks for ``form_class`` (see ``form_action``). ``apply`` calls a staff
+    service, which writes the audit record."""
+
+    def wrap(apply: Callable[..., str]) -> Callable[..., Any]:
+        name = apply.__name__
+
+        @admin.action(description=description or title, permissions=permissions)
+        @audited
+        @functools.wraps(apply)
+        def action(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+            return form_action(
+                modeladmin,
+                request,
+                queryset,
+                form_class=form_class,
+                action=name,
+                title=title,
+                apply=lambda obj, data, key: apply(modeladmin, request, obj, data, key),
+            )
+
+        return action
+
+    return wrap

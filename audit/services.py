@@ -146,6 +146,38 @@ def _entry_for(record: AuditRecord) -> LedgerEntry:
 # --- Money ----------------------------------------------------------------------------------
 
 
+def _wallet_move(
+    *,
+    actor: User,
+    wallet: Wallet,
+    amount_micro: int,
+    reason: str,
+    key: str,
+    action: str,
+    move: Callable[[], LedgerEntry],
+    details: dict[str, Any],
+) -> LedgerEntry:
+    """The frame of a staff movement of credits: the limit, the replay of a key already
+    used, and the audit record written in the movement's transaction."""
+    _require_amount_allowed(actor, amount_micro)
+    replay = _replayed(key, _entry_for)
+    if replay is not None:
+        return replay
+    with transaction.atomic():
+        before = _wallet_view(wallet)
+        entry = move()
+        audit_record_create(
+            actor=actor,
+            action=action,
+            target=wallet,
+            reason=reason,
+            before=before,
+            after={**_wallet_view(wallet), "entry_id": entry.pk, "amount": amount_micro, **details},
+            idempotency_key=key,
+        )
+    return entry
+
+
 def staff_wallet_adjust(
     *,
     actor: User,
@@ -163,13 +195,14 @@ def staff_wallet_adjust(
     key = _require_key(idempotency_key)
     if isinstance(amount_micro, bool) or not isinstance(amount_micro, int) or not amount_micro:
         raise InvalidAmount("The adjustment must be a non-zero whole number of micro-credits.")
-    _require_amount_allowed(actor, amount_micro)
-    replay = _replayed(key, _entry_for)
-    if replay is not None:
-        return replay
-    with transaction.atomic():
-        before = _wallet_view(wallet)
-        entry = wallet_services.wallet_adjust(
+    return _wallet_move(
+        actor=actor,
+        wallet=wallet,
+        amount_micro=amount_micro,
+        reason=reason,
+        key=key,
+        action="wallet.adjust",
+        move=lambda: wallet_services.wallet_adjust(
             wallet=wallet,
             amount=amount_micro,
             reason=reason,
@@ -177,23 +210,9 @@ def staff_wallet_adjust(
             idempotency_key=f"staff-adjust:{key}",
             category=category,
             expires_at=expires_at,
-        )
-        audit_record_create(
-            actor=actor,
-            action="wallet.adjust",
-            target=wallet,
-            reason=reason,
-            before=before,
-            after={
-                **_wallet_view(wallet),
-                "entry_id": entry.pk,
-                "amount": amount_micro,
-                "category": category,
-                "expires_at": expires_at,
-            },
-            idempotency_key=key,
-        )
-    return entry
+        ),
+        details={"category": category, "expires_at": expires_at},
+    )
 
 
 def staff_promotional_grant(
@@ -210,13 +229,14 @@ def staff_promotional_grant(
     reason = _require_reason(reason)
     key = _require_key(idempotency_key)
     amount_micro = money.validate_micro(amount_micro)
-    _require_amount_allowed(actor, amount_micro)
-    replay = _replayed(key, _entry_for)
-    if replay is not None:
-        return replay
-    with transaction.atomic():
-        before = _wallet_view(wallet)
-        entry = wallet_services.wallet_credit(
+    return _wallet_move(
+        actor=actor,
+        wallet=wallet,
+        amount_micro=amount_micro,
+        reason=reason,
+        key=key,
+        action="wallet.promotional_grant",
+        move=lambda: wallet_services.wallet_credit(
             wallet=wallet,
             amount=amount_micro,
             category=CreditLot.Category.PROMOTIONAL,
@@ -225,22 +245,9 @@ def staff_promotional_grant(
             expires_at=expires_at,
             actor=actor,
             reason=reason,
-        )
-        audit_record_create(
-            actor=actor,
-            action="wallet.promotional_grant",
-            target=wallet,
-            reason=reason,
-            before=before,
-            after={
-                **_wallet_view(wallet),
-                "entry_id": entry.pk,
-                "amount": amount_micro,
-                "expires_at": expires_at,
-            },
-            idempotency_key=key,
-        )
-    return entry
+        ),
+        details={"expires_at": expires_at},
+    )
 
 
 def _usage_entry(record: UsageRecord) -> LedgerEntry | None:

@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import key, micro
+from wallet import services as wallet_services
+from wallet.models import Wallet
+
 
 class Hook:
     """A customer's webhook endpoint on 127.0.0.1: records every POST; answers ``status``."""
@@ -41,3 +45,12 @@ def hook() -> Iterator[Hook]:
     server = Hook()
     yield server
     server.stop()
+
+
+def spend(wallet: Wallet, credits: str) -> None:
+    wallet_services.wallet_debit(
+        wallet=wallet,
+        amount=micro(credits),
+        idempotency_key=key("spend"),
+        reference=wallet_services.Ref("test", "spend"),
+    )

@@ -14,21 +14,13 @@ from django.utils import timezone
 from accounts import services as account_services
 from alerts import services
 from alerts.models import Alert
+from tests.alerts.conftest import spend
 from tests.factories import UserFactory
-from tests.helpers import assert_ledger_ok, credit, key, micro, refresh
+from tests.helpers import assert_ledger_ok, credit, micro, refresh
 from wallet import services as wallet_services
 from wallet.models import Wallet
 
 pytestmark = pytest.mark.django_db
-
-
-def spend(wallet: Wallet, credits: str) -> None:
-    wallet_services.wallet_debit(
-        wallet=wallet,
-        amount=micro(credits),
-        idempotency_key=key("spend"),
-        reference=wallet_services.Ref("test", "spend"),
-    )
 
 
 @pytest.fixture

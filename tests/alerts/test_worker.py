@@ -16,8 +16,8 @@ from celery import Celery
 from django.conf import settings
 from django.db import connection
 
-from tests.helpers import credit, key, micro
-from wallet import services as wallet_services
+from tests.alerts.conftest import spend
+from tests.helpers import credit
 from wallet.models import Wallet
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -98,15 +98,6 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def _spend(wallet: Wallet, credits: str) -> None:
-    wallet_services.wallet_debit(
-        wallet=wallet,
-        amount=micro(credits),
-        idempotency_key=key("spend"),
-        reference=wallet_services.Ref("test", "spend"),
-    )
-
-
 def test_a_real_worker_alerts_once_per_crossing(user, worker: Celery, mail_dir: Path) -> None:
     wallet = Wallet.objects.get(user=user)
     credit(wallet, "1500")
@@ -118,13 +109,13 @@ def test_a_real_worker_alerts_once_per_crossing(user, worker: Celery, mail_dir: 
         return sorted(mail_dir.iterdir())
 
     assert "alerted=0" in sweep()
-    _spend(wallet, "1000")  # 500: crossed below 1,000
+    spend(wallet, "1000")  # 500: crossed below 1,000
     assert "alerted=1" in sweep()
     _wait_for(lambda: len(mails()) == 1)
     assert "alerted=0" in sweep()  # the same dip: nothing more
     credit(wallet, "1000")  # 1,500: above again
     assert "rearmed=1" in sweep()
-    _spend(wallet, "600")  # 900: crossed again
+    spend(wallet, "600")  # 900: crossed again
     assert "alerted=1" in sweep()
     assert "alerted=0" in sweep()
     _wait_for(lambda: len(mails()) == 2)
