@@ -68,6 +68,12 @@ class AuditedAdminMixin:
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         with transaction.atomic():
             befores = {obj.pk: snapshot(_fresh(obj)) for obj in formset.get_queryset() if obj.pk}
+            # Deleted instances lose their primary key when deleted: note them first.
+            deleting = [
+                (f"{f.instance._meta.app_label}.{f.instance._meta.model_name}", f.instance.pk)
+                for f in formset.deleted_forms
+                if f.instance.pk is not None
+            ]
             super().save_formset(request, form, formset, change)  # type: ignore[misc]
             for obj in [*formset.new_objects, *(o for o, _ in formset.changed_objects)]:
                 audit_record_create(
@@ -77,13 +83,13 @@ class AuditedAdminMixin:
                     before=befores.get(obj.pk, {}),
                     after=snapshot(_fresh(obj)),
                 )
-            for obj in formset.deleted_objects:
+            for target_type, pk in deleting:
                 audit_record_create(
                     actor=request.user,
                     action="admin.delete",
-                    target_type=f"{obj._meta.app_label}.{obj._meta.model_name}",
-                    target_id=str(befores.get(obj.pk, {}).get("id", "")),
-                    before=befores.get(obj.pk, {}),
+                    target_type=target_type,
+                    target_id=str(pk),
+                    before=befores.get(pk, {}),
                 )
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:

@@ -262,3 +262,52 @@ def test_the_trail_never_keeps_password_hashes(user) -> None:
     record = AuditRecord.objects.get(action="admin.change")
     assert record.after["full_name"] == "Renamed"
     assert "password" not in record.before and "password" not in record.after
+
+
+def test_inline_changes_are_audited(organization) -> None:
+    from accounts.models import Membership
+
+    owner_membership = organization.memberships.get()
+    member = UserFactory()
+    extra = Membership.objects.create(organization=organization, user=member)
+    memberships = [owner_membership, extra]
+    data = {
+        "name": organization.name,
+        "slug": organization.slug,
+        "created_at_0": "2026-01-01",
+        "created_at_1": "00:00:00",
+        "monthly_spend_limit_micro": str(micro("500")),
+        "memberships-TOTAL_FORMS": "2",
+        "memberships-INITIAL_FORMS": "2",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+    }
+    for i, membership in enumerate(memberships):
+        data.update(
+            {
+                f"memberships-{i}-id": str(membership.pk),
+                f"memberships-{i}-organization": str(organization.pk),
+                f"memberships-{i}-user": str(membership.user_id),
+                f"memberships-{i}-role": membership.role,
+                f"memberships-{i}-monthly_spend_limit_micro": "",
+                f"memberships-{i}-spend_month_micro": "0",
+                f"memberships-{i}-created_at_0": "2026-01-01",
+                f"memberships-{i}-created_at_1": "00:00:00",
+            }
+        )
+    data["memberships-0-monthly_spend_limit_micro"] = str(micro("100"))
+    data["memberships-1-DELETE"] = "on"
+    admin_client = logged_in(UserFactory(is_staff=True, is_superuser=True))
+    response = admin_client.post(f"/admin/accounts/organization/{organization.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    actions = {(r.action, r.target_type, r.target_id) for r in AuditRecord.objects.all()}
+    assert actions == {
+        ("admin.change", "accounts.organization", str(organization.pk)),
+        ("admin.change", "accounts.membership", str(owner_membership.pk)),
+        ("admin.delete", "accounts.membership", str(extra.pk)),
+    }
+    changed = AuditRecord.objects.get(target_type="accounts.membership", action="admin.change")
+    assert changed.before["monthly_spend_limit_micro"] is None
+    assert changed.after["monthly_spend_limit_micro"] == micro("100")
+    deleted = AuditRecord.objects.get(action="admin.delete")
+    assert deleted.before["user"] == member.pk
