@@ -277,3 +277,17 @@ def test_support_corrections_are_bound_by_the_limit(support, token, settings):
         actor=finance, record=record, new_charge_micro=0, reason="r", idempotency_key="k"
     )
     assert UsageRecord.objects.get().charged_micro == micro("2.5")  # the record keeps history
+
+
+def test_seed_demo_creates_a_member_of_each_staff_group() -> None:
+    from django.core.management import call_command
+
+    from accounts.models import User
+
+    call_command("seed_demo", "--quiet")
+    call_command("seed_demo", "--quiet")
+    support = User.objects.get(email="support@example.com")
+    finance = User.objects.get(email="finance@example.com")
+    assert support.has_perm("audit.adjust_balance")
+    assert not support.has_perm("billing.refund_topuporder")
+    assert finance.has_perm("billing.refund_topuporder")
