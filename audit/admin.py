@@ -35,7 +35,7 @@ from usage.models import UsageRecord
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet.errors import WalletNotFound
-from wallet.models import CreditLot
+from wallet.models import CreditLot, LedgerEntry
 
 
 @admin.register(AuditRecord)
@@ -267,6 +267,33 @@ class CorrectChargeForm(StaffActionForm):
 
 class SupportUsageRecordAdmin(usage_admin.UsageRecordAdmin):
     actions = ["correct_charge"]
+    readonly_fields = ("ledger_entries",)
+
+    @admin.display(description="Ledger entries (charge and corrections)")
+    def ledger_entries(self, obj: UsageRecord) -> str:
+        entries = LedgerEntry.objects.filter(
+            reference_type="usage.usagerecord", reference_id=str(obj.pk)
+        ).order_by("id")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    e.created_at.strftime("%Y-%m-%d %H:%M"),
+                    e.get_kind_display(),
+                    money.format_credits(e.amount),
+                    e.actor or "",
+                    e.reason,
+                )
+                for e in entries
+            ),
+        )
+        return format_html(
+            "<table><tr><th>When</th><th>Kind</th><th>Amount</th><th>Staff</th><th>Reason</th>"
+            "</tr>{}</table><p>Charged after corrections: {} credits</p>",
+            rows,
+            money.format_credits(services.usage_record_charged_net(record=obj)),
+        )
 
     def has_correct_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("audit.correct_charge"))

@@ -178,6 +178,8 @@ def test_support_corrects_a_charge_from_the_usage_records(support_client, token,
     )
     assert "now charged 0.50 credits" in response.content.decode()
     assert refresh(customer_wallet).balance == micro("49.5")
+    page = support_client.get(f"/admin/usage/usagerecord/{record.pk}/change/").content.decode()
+    assert "Billing bug #7" in page and "Charged after corrections: 0.50 credits" in page
 
 
 def test_other_admin_actions_leave_audit_records(support_client, token) -> None:
