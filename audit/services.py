@@ -160,6 +160,8 @@ def _wallet_move(
     """The frame of a staff movement of credits: the limit, the replay of a key already
     used, and the audit record written in the movement's transaction."""
     _require_amount_allowed(actor, amount_micro)
+    # Keys are per action: the same key given to another action is another action.
+    key = f"{action}:{key}"
     replay = _replayed(key, _entry_for)
     if replay is not None:
         return replay
@@ -291,8 +293,9 @@ def staff_usage_charge_correct(
     if new_charge_micro is not None:
         new_charge_micro = money.validate_micro(new_charge_micro, allow_zero=True)
     _require_amount_allowed(actor, max(record.charged_micro, new_charge_micro or 0))
+    audit_key = f"usage.charge_correct:{key}"
     replay = _replayed(
-        key,
+        audit_key,
         lambda audit: list(
             LedgerEntry.objects.filter(pk__in=audit.after["entry_ids"]).order_by("id")
         ),
@@ -361,7 +364,7 @@ def staff_usage_charge_correct(
                 "charged": usage_record_charged_net(record=locked),
                 "entry_ids": [e.pk for e in entries],
             },
-            idempotency_key=key,
+            idempotency_key=audit_key,
         )
     return entries
 

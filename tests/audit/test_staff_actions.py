@@ -291,3 +291,24 @@ def test_seed_demo_creates_a_member_of_each_staff_group() -> None:
     assert support.has_perm("audit.adjust_balance")
     assert not support.has_perm("billing.refund_topuporder")
     assert finance.has_perm("billing.refund_topuporder")
+
+
+def test_a_key_belongs_to_one_action(support, customer_wallet) -> None:
+    services.staff_wallet_adjust(
+        actor=support,
+        wallet=customer_wallet,
+        amount_micro=micro("1"),
+        reason="r",
+        idempotency_key="shared",
+    )
+    entry = services.staff_promotional_grant(
+        actor=support,
+        wallet=customer_wallet,
+        amount_micro=micro("2"),
+        reason="r",
+        idempotency_key="shared",
+        expires_at=None,
+    )
+    assert entry.kind == LedgerEntry.Kind.PROMO
+    assert refresh(customer_wallet).balance == micro("53")
+    assert AuditRecord.objects.count() == 2
