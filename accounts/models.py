@@ -95,6 +95,13 @@ class Organization(models.Model):
     created_by = models.ForeignKey(
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The pool's monthly budget, for spend alerts (alerts.services): owners and admins are
+    # warned when the members together have spent ORG_SPEND_ALERT_PERCENT of it this month.
+    monthly_spend_limit_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Monthly budget of the pool in micro-credits, for spend alerts. Empty: none.",
+    )
 
     def __str__(self) -> str:
         return self.name

@@ -132,3 +132,74 @@ def usage_consumption(*, wallet_id: int, user: Any = None) -> Consumption:
         charged_micro=int(totals["charged"] or 0),
         shortfall_micro=int(totals["shortfall"] or 0),
     )
+
+
+# --- Margin report (Finance) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarginRow:
+    day: dt.date
+    model: str
+    requests: int
+    charged_micro: int
+    charged_usd: Any  # Decimal: credits charged, in USD at CREDITS_PER_USD
+    vendor_usd: Any  # Decimal: the providers' cost recorded on the records
+    margin_usd: Any
+    margin_percent: Any  # Decimal or None when nothing was charged
+
+
+def usage_margin_report(*, since: dt.date, until: dt.date) -> list[MarginRow]:
+    """Per UTC day and model, for records created in [since, until]: credits charged net of
+    staff corrections (reversals and re-charges pointing at the records), in USD at the
+    credit rate, against the vendor cost on the records, and the margin."""
+    from decimal import Decimal
+
+    from django.db.models.functions import TruncDate
+
+    from wallet import money
+    from wallet.models import LedgerEntry
+
+    start = dt.datetime.combine(since, dt.time.min, tzinfo=dt.UTC)
+    end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    records = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+    rows = (
+        records.annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
+        .values("day", "model")
+        .annotate(requests=Count("id"), charged=Sum("charged_micro"), vendor=Sum("usd_cost"))
+        .order_by("day", "model")
+    )
+    corrections: dict[tuple[dt.date, str], int] = {}
+    corrected = LedgerEntry.objects.filter(
+        reference_type="usage.usagerecord", actor__isnull=False
+    ).values_list("reference_id", "amount")
+    by_record: dict[int, int] = {}
+    for reference_id, amount in corrected:
+        by_record[int(reference_id)] = by_record.get(int(reference_id), 0) + amount
+    if by_record:
+        for record_id, created_at, model in records.filter(pk__in=list(by_record)).values_list(
+            "id", "created_at", "model"
+        ):
+            bucket = (created_at.astimezone(dt.UTC).date(), model)
+            # Ledger amounts are signed (a reversal is positive): charged = -sum(amounts).
+            corrections[bucket] = corrections.get(bucket, 0) - by_record[record_id]
+    result = []
+    for row in rows:
+        charged = int(row["charged"] or 0) + corrections.get((row["day"], row["model"]), 0)
+        charged_usd = money.micro_to_usd(charged)
+        vendor = Decimal(row["vendor"] or 0)
+        margin = charged_usd - vendor
+        percent = (margin * 100 / charged_usd).quantize(Decimal("0.01")) if charged_usd else None
+        result.append(
+            MarginRow(
+                day=row["day"],
+                model=row["model"],
+                requests=row["requests"],
+                charged_micro=charged,
+                charged_usd=charged_usd.quantize(Decimal("0.000001")),
+                vendor_usd=vendor.quantize(Decimal("0.000001")),
+                margin_usd=margin.quantize(Decimal("0.000001")),
+                margin_percent=percent,
+            )
+        )
+    return result

@@ -37,6 +37,8 @@ INSTALLED_APPS = [
     "usage",
     "referrals",
     "redemption",
+    "alerts",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -331,3 +333,27 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# --- Staff console, alerts and background jobs (issue 8) ----------------------------------
+# Largest balance adjustment (or promotional grant, or charge correction) Support may make
+# at once, in credits; above it needs Finance (audit.adjust_balance_unlimited).
+SUPPORT_ADJUST_LIMIT_CREDITS = Decimal(env.str("SUPPORT_ADJUST_LIMIT_CREDITS", default="100"))
+# Organization spend alerts: warn when a member or the pool has spent this share (percent)
+# of its monthly limit.
+ORG_SPEND_ALERT_PERCENT = env.int("ORG_SPEND_ALERT_PERCENT", default=80)
+# Customer alert webhooks (User.alert_webhook_url): request timeout in seconds.
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Where EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend writes messages.
+EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(BASE_DIR / "sent-mail"))
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "wallet-holds-expire": {"task": "wallet.tasks.holds_expire", "schedule": 60.0},
+        "wallet-lots-expire": {"task": "wallet.tasks.lots_expire", "schedule": 3600.0},
+        "alerts-low-balance": {"task": "alerts.tasks.low_balance_sweep", "schedule": 60.0},
+        "alerts-organization-spend": {
+            "task": "alerts.tasks.organization_spend_sweep",
+            "schedule": 300.0,
+        },
+        "billing-recurring-grants": {"task": "billing.tasks.recurring_grants", "schedule": 3600.0},
+    }
+)
