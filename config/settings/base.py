@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "usage",
     "referrals",
     "redemption",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -326,3 +327,13 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# --- Console and daily usage rollups (issue 7) -------------------------------------------
+# Finished UTC days are rolled up into usage.UsageDaily; a day counts as finished this long
+# after midnight (requests still settling at midnight land first).
+USAGE_ROLLUP_GRACE_SECONDS = env.int("USAGE_ROLLUP_GRACE_SECONDS", default=600)
+CELERY_BEAT_SCHEDULE["usage-rollup-daily"] = {
+    "task": "usage.tasks.usage_rollup_daily",
+    "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=900.0),
+}
+CONSOLE_PAGE_SIZE = env.int("CONSOLE_PAGE_SIZE", default=50)
