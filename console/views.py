@@ -48,7 +48,6 @@ from usage import consumption
 from usage import selectors as usage_selectors
 from usage.errors import UsageRecordNotFound
 from usage.export import UsageExport
-from usage.pricing import breakdown_from_record
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
@@ -97,7 +96,7 @@ def wallet_page(request: HttpRequest) -> HttpResponse:
     currency = billing_pricing.billing_currency()
     packages = []
     for package in billing_selectors.package_list_active(currency=currency):
-        quote, _ = billing_services.topup_quote(package_code=package.code, currency=currency)
+        quote = billing_pricing.quote(amount_minor=package.amount_minor, currency=currency)
         packages.append((package, quote, billing_pricing.format_minor(quote.amount_minor)))
     preview, preview_error = None, ""
     amount = request.GET.get("amount", "").strip()
@@ -245,9 +244,13 @@ def usage_records(request: HttpRequest) -> HttpResponse:
     wallet = _wallet(request)
     form, filters, tokens = _usage_filters(request, wallet)
     report = consumption.usage_report(wallet_id=wallet.pk, user=_user(request), filters=filters)
-    records = usage_selectors.usage_record_list(
-        user=_user(request), wallet_id=wallet.pk, filters=_record_filters(filters)
-    ).order_by("-created_at", "-id")
+    records = (
+        usage_selectors.usage_record_list(
+            user=_user(request), wallet_id=wallet.pk, filters=_record_filters(filters)
+        )
+        .select_related("token_group")
+        .order_by("-created_at", "-id")
+    )
     # The count comes from the report (rollups), not from counting records.
     paginator = Paginator(records, settings.CONSOLE_PAGE_SIZE)
     paginator.count = report.total.requests
@@ -260,7 +263,7 @@ def usage_records(request: HttpRequest) -> HttpResponse:
         {
             "form": form,
             "page": page,
-            "rows": [(r, names.get(r.token_id or 0, ""), breakdown_from_record(r)) for r in page],
+            "rows": [(r, names.get(r.token_id or 0, "")) for r in page],
             "report": report,
             "chart": daily_chart(
                 report.daily, start=filters.date_from, end=filters.date_to, models=models
@@ -296,7 +299,7 @@ def usage_detail(request: HttpRequest, record_id: int) -> HttpResponse:
     return render(
         request,
         "console/usage_detail.html",
-        {"record": record, "breakdown": breakdown_from_record(record)},
+        {"record": record},
     )
 
 
