@@ -25,10 +25,6 @@ from accounts.models import User
 from tests.billing.fake_stripe import FakeStripe
 from tests.factories import UserFactory
 
-# Playwright's sync API runs an event loop on this thread; the ORM calls the tests make
-# between browser steps are plain synchronous code (nothing runs concurrently on it).
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 PASSWORD = "correct-horse-battery"
 WEBHOOK_SECRET = "whsec_browser_0123456789"
 TIMEOUT_MS = 30_000
@@ -89,6 +85,14 @@ def page(chromium: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
 def shots(page: Page, request: pytest.FixtureRequest) -> Shots:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
     return Shots(page, artifacts_dir() / name)
+
+
+@pytest.fixture(autouse=True)
+def _orm_beside_playwright(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Playwright's sync API keeps an event loop on the test's thread, which Django takes
+    for async code; the ORM calls a browser test makes between steps are plain synchronous
+    code (nothing else runs on that loop), so they are allowed, in these tests only."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(autouse=True)
