@@ -22,15 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.metering import psql, recreate_database  # noqa: E402
 
 MODELS = ("bench-chat", "bench-reasoner", "bench-mini")
 
@@ -44,22 +44,6 @@ def parse_args() -> argparse.Namespace:
         "--database-url", default="postgres://postgres@127.0.0.1:5432/credits_i7_bench"
     )
     return parser.parse_args()
-
-
-def psql(url: str, sql: str, dbname: str | None = None) -> str:
-    parsed = urlparse(url)
-    args = [
-        "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-        "-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432),
-        "-U", parsed.username or "postgres", "-c", sql, dbname or parsed.path.lstrip("/"),
-    ]  # fmt: skip
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
-
-
-def recreate_database(url: str) -> None:
-    name = urlparse(url).path.lstrip("/")
-    psql(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "postgres")
-    psql(url, f'CREATE DATABASE "{name}"', "postgres")
 
 
 def seed() -> dict[str, Any]:

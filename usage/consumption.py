@@ -17,16 +17,9 @@ from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from usage.models import UsageDaily, UsageRecord, UsageRollupState
+from usage.rollups import SUMMED as _SUMMED
 from usage.rollups import day_start
-
-_SUMMED = (
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "charged_micro",
-    "shortfall_micro",
-)
+from usage.selectors import UsageFilters, usage_record_list
 
 
 @dataclass(frozen=True)
@@ -101,19 +94,15 @@ def _rolled(
 def _live(
     *, wallet_id: int, user: Any, f: ReportFilters, after: dt.date | None
 ) -> QuerySet[UsageRecord]:
-    records = UsageRecord.objects.filter(wallet_id=wallet_id, user=user)
     starts = [d for d in (f.date_from, after and after + dt.timedelta(days=1)) if d is not None]
-    if starts:
-        records = records.filter(created_at__gte=day_start(max(starts)))
-    if f.date_to is not None:
-        records = records.filter(created_at__lt=day_start(f.date_to + dt.timedelta(days=1)))
-    if f.model:
-        records = records.filter(model=f.model)
-    if f.token_id is not None:
-        records = records.filter(token_id=f.token_id)
-    if f.status:
-        records = records.filter(status=f.status)
-    return records
+    filters = UsageFilters(
+        since=day_start(max(starts)) if starts else None,
+        until=day_start(f.date_to + dt.timedelta(days=1)) if f.date_to is not None else None,
+        model=f.model or None,
+        token_id=f.token_id,
+        status=f.status or None,
+    )
+    return usage_record_list(user=user, wallet_id=wallet_id, filters=filters).order_by()
 
 
 def _sources(*, wallet_id: int, user: Any, f: ReportFilters) -> tuple[Any, Any]:

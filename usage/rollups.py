@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from usage.models import UsageDaily, UsageRecord, UsageRollupState
 
-_SUMMED = (
+SUMMED = (
     "input_tokens",
     "cached_input_tokens",
     "output_tokens",
@@ -61,14 +61,14 @@ def _recompute(first: dt.date, last: dt.date, now: dt.datetime) -> int:
         )
         .annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
         .values(*_KEYS)
-        .annotate(requests=Count("id"), **{f"sum_{name}": Sum(name) for name in _SUMMED})
+        .annotate(requests=Count("id"), **{f"sum_{name}": Sum(name) for name in SUMMED})
         .order_by()
     )
     rows = [
         UsageDaily(
             **{key: row[key] for key in _KEYS},
             requests=row["requests"],
-            **{name: row[f"sum_{name}"] or 0 for name in _SUMMED},
+            **{name: row[f"sum_{name}"] or 0 for name in SUMMED},
             computed_at=now,
         )
         for row in records.iterator(chunk_size=5000)

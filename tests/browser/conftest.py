@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from accounts.models import User
 from tests.billing.fake_stripe import FakeStripe
 from tests.factories import UserFactory
+from tests.usage.conftest import prices  # noqa: F401 (the model catalog fixture)
 
 PASSWORD = "correct-horse-battery"
 WEBHOOK_SECRET = "whsec_browser_0123456789"
@@ -35,13 +36,25 @@ def artifacts_dir() -> Path:
     return Path(os.environ.get("TEST_ARTIFACTS_DIR", ROOT / "test-artifacts" / "screenshots"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Playwright]:
-    with sync_playwright() as playwright:
-        yield playwright
+    """Playwright's sync API keeps an event loop on the test thread while it runs, which
+    Django takes for async code. The ORM calls a browser test makes between steps (and the
+    database set-up around it) are plain synchronous code with nothing else on that loop,
+    so they are allowed while Playwright runs: for this module only."""
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            yield playwright
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(playwright_instance: Playwright) -> Iterator[Browser]:
     executable = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     assert Path(executable).exists(), (
@@ -85,14 +98,6 @@ def page(chromium: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
 def shots(page: Page, request: pytest.FixtureRequest) -> Shots:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
     return Shots(page, artifacts_dir() / name)
-
-
-@pytest.fixture(autouse=True)
-def _orm_beside_playwright(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Playwright's sync API keeps an event loop on the test's thread, which Django takes
-    for async code; the ORM calls a browser test makes between steps are plain synchronous
-    code (nothing else runs on that loop), so they are allowed, in these tests only."""
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(autouse=True)

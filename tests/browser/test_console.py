@@ -21,22 +21,10 @@ from tests.browser.conftest import PASSWORD, Shots, log_in, make_user
 from tests.helpers import assert_ledger_ok, credit, micro
 from tests.redemption.conftest import make_batch
 from tests.usage.conftest import make_token
-from usage import services as usage_services
 from usage.models import UsageRecord
 from wallet.models import Wallet
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _prices() -> None:
-    usage_services.model_price_create(
-        model="test-chat",
-        display_name="Test Chat",
-        provider="Test",
-        input_usd_per_mtok="2.50",
-        cached_input_usd_per_mtok="1.25",
-        output_usd_per_mtok="10",
-    )
 
 
 def test_sign_up_shows_zero_balance_and_low_balance_warning(
@@ -141,10 +129,9 @@ def _metered_call(base: str, secret: str) -> dict[str, Any]:
 
 
 def test_a_metered_call_appears_in_usage_records_and_the_csv(
-    site: Any, page: Page, shots: Shots
+    site: Any, page: Page, shots: Shots, prices: Any
 ) -> None:
     user = make_user()
-    _prices()
     credit(Wallet.objects.get(user=user), "10")
     _token, secret = make_token(user, scopes=("metering", "read"))
     record = _metered_call(site.url, secret)
@@ -174,10 +161,9 @@ def test_a_metered_call_appears_in_usage_records_and_the_csv(
 
 
 def test_a_second_user_cannot_open_the_first_users_pages_or_objects(
-    site: Any, page: Page, shots: Shots
+    site: Any, page: Page, shots: Shots, prices: Any
 ) -> None:
     first, second = make_user(), make_user()
-    _prices()
     credit(Wallet.objects.get(user=first), "10")
     token, secret = make_token(first, scopes=("metering", "read"))
     _metered_call(site.url, secret)
