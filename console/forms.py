@@ -36,6 +36,7 @@ class DateRangeForm(forms.Form):
 
 
 class UsageFilterForm(DateRangeForm):
+    wallet = forms.ChoiceField(label="Wallet", required=False)
     model = forms.ChoiceField(label="Model", required=False)
     token = forms.TypedChoiceField(label="Token", required=False, coerce=int, empty_value=None)
     status = forms.ChoiceField(
@@ -45,9 +46,19 @@ class UsageFilterForm(DateRangeForm):
     )
 
     def __init__(
-        self, data: Any, *, models: list[str], tokens: list[ApiToken], **kwargs: Any
+        self,
+        data: Any,
+        *,
+        models: list[str],
+        tokens: list[ApiToken],
+        organizations: list[Any],
+        **kwargs: Any,
     ) -> None:
         super().__init__(data, **kwargs)
+        wallet_field: Any = self.fields["wallet"]
+        wallet_field.choices = [("", "My wallet"), *((o.slug, o.name) for o in organizations)]
+        if not organizations:
+            del self.fields["wallet"]
         model_field: Any = self.fields["model"]
         model_field.choices = [("", "Any model"), *((m, m) for m in models)]
         token_field: Any = self.fields["token"]

@@ -206,17 +206,35 @@ def bills(request: HttpRequest) -> HttpResponse:
 # --- Usage records ----------------------------------------------------------------------
 
 
+def _usage_wallet(request: HttpRequest) -> Wallet:
+    """The wallet whose usage is shown: the user's own, or the pool of an organization they
+    belong to (``?wallet=<slug>``); only the user's own records in it are ever listed."""
+    slug = request.GET.get("wallet", "")
+    if not slug:
+        return _wallet(request)
+    organization = account_selectors.organization_get_for_user(user=_user(request), slug=slug)
+    if organization is None:
+        raise Http404("No such wallet.")
+    return wallet_selectors.wallet_get_for_organization(organization=organization)
+
+
 def _usage_filters(
     request: HttpRequest, wallet: Wallet
 ) -> tuple[forms.UsageFilterForm, consumption.ReportFilters, list[ApiToken]]:
-    tokens = list(account_selectors.api_token_list_for_user(user=_user(request)))
-    models = consumption.usage_model_names(wallet_id=wallet.pk, user=_user(request))
+    user = _user(request)
+    tokens = list(account_selectors.api_token_list_for_user(user=user))
+    models = consumption.usage_model_names(wallet_id=wallet.pk, user=user)
     data: Any = request.GET
     if not any(key in request.GET for key in ("date_from", "date_to", "model", "token")):
         today = timezone.now().astimezone(dt.UTC).date()
         data = request.GET.copy()
         data.update({"date_from": str(today - dt.timedelta(days=29)), "date_to": str(today)})
-    form = forms.UsageFilterForm(data, models=models, tokens=tokens)
+    form = forms.UsageFilterForm(
+        data,
+        models=models,
+        tokens=[t for t in tokens if t.wallet_id == wallet.pk],
+        organizations=list(account_selectors.organization_list_for_user(user=user)),
+    )
     cleaned = form.cleaned_data if form.is_valid() else {}
     filters = consumption.ReportFilters(
         date_from=cleaned.get("date_from"),
@@ -241,7 +259,7 @@ def _record_filters(f: consumption.ReportFilters) -> usage_selectors.UsageFilter
 @login_required
 @require_GET
 def usage_records(request: HttpRequest) -> HttpResponse:
-    wallet = _wallet(request)
+    wallet = _usage_wallet(request)
     form, filters, tokens = _usage_filters(request, wallet)
     report = consumption.usage_report(wallet_id=wallet.pk, user=_user(request), filters=filters)
     records = (
@@ -264,6 +282,9 @@ def usage_records(request: HttpRequest) -> HttpResponse:
             "form": form,
             "page": page,
             "rows": [(r, names.get(r.token_id or 0, "")) for r in page],
+            "wallet_query": urlencode({"wallet": request.GET["wallet"]})
+            if request.GET.get("wallet")
+            else "",
             "report": report,
             "chart": daily_chart(
                 report.daily, start=filters.date_from, end=filters.date_to, models=models
@@ -273,6 +294,7 @@ def usage_records(request: HttpRequest) -> HttpResponse:
                 {
                     k: v
                     for k, v in {
+                        "wallet": request.GET.get("wallet", ""),
                         "date_from": filters.date_from or "",
                         "date_to": filters.date_to or "",
                         "model": filters.model,
@@ -289,7 +311,7 @@ def usage_records(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def usage_detail(request: HttpRequest, record_id: int) -> HttpResponse:
-    wallet = _wallet(request)
+    wallet = _usage_wallet(request)
     try:
         record = usage_selectors.usage_record_get(
             user=_user(request), wallet_id=wallet.pk, record_id=record_id
@@ -306,7 +328,7 @@ def usage_detail(request: HttpRequest, record_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def usage_export(request: HttpRequest) -> StreamingHttpResponse:
-    wallet = _wallet(request)
+    wallet = _usage_wallet(request)
     _form, filters, _tokens = _usage_filters(request, wallet)
     records = usage_selectors.usage_record_list(
         user=_user(request), wallet_id=wallet.pk, filters=_record_filters(filters)

@@ -156,3 +156,21 @@ def test_redeeming_from_the_wallet_page_comes_back_to_it(user) -> None:
     response = client.post("/redeem/", {"code": outside, "next": "https://evil.example/"})
     assert response["Location"] == "/redeem/"
     assert_ledger_ok(Wallet.objects.get(user=user))
+
+
+def test_a_members_usage_on_an_organization_pool_is_listed_under_that_wallet(
+    user, prices, other_user
+) -> None:
+    org = OrganizationFactory(owner=user)
+    credit(Wallet.objects.get(organization=org), "50")
+    token, _ = make_token(user, organization=org)
+    pooled = record(token, days_ago=0)
+    client = browser(user)
+    assert b"test-chat" not in client.get("/console/usage/").content  # not the own wallet
+    page = client.get("/console/usage/", {"wallet": org.slug}).content.decode()
+    assert page.count('data-testid="usage-row"') == 1
+    detail = client.get(f"/console/usage/{pooled.pk}/", {"wallet": org.slug})
+    assert detail.status_code == 200
+    assert browser(other_user).get("/console/usage/", {"wallet": org.slug}).status_code == 404
+    export = client.get("/console/usage/export.csv", {"wallet": org.slug})
+    assert pooled.request_id in b"".join(export.streaming_content).decode()
