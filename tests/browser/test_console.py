@@ -39,6 +39,9 @@ def test_sign_up_shows_zero_balance_and_low_balance_warning(
     expect(page.get_by_test_id("low-balance")).to_contain_text("under your alert threshold")
     expect(page.get_by_test_id("requests")).to_have_text("0")
     shots("wallet")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the layout reflows
+    expect(page.get_by_role("navigation", name="Console")).to_be_visible()
+    shots("wallet-phone")
 
 
 def test_redeeming_a_code_changes_the_balance(site: Any, page: Page, shots: Shots) -> None:
