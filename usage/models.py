@@ -16,7 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -348,9 +349,14 @@ class UsageDaily(models.Model):
 
     class Meta:
         constraints = [
+            # A record without a token counts as token 0 here, so it has one row a day too.
             models.UniqueConstraint(
-                fields=["day", "wallet", "user", "token", "model", "status"],
-                nulls_distinct=False,
+                F("day"),
+                F("wallet"),
+                F("user"),
+                Coalesce(F("token"), Value(0)),
+                F("model"),
+                F("status"),
                 name="usage_daily_unique",
             ),
         ]
