@@ -174,3 +174,14 @@ def test_a_members_usage_on_an_organization_pool_is_listed_under_that_wallet(
     assert browser(other_user).get("/console/usage/", {"wallet": org.slug}).status_code == 404
     export = client.get("/console/usage/export.csv", {"wallet": org.slug})
     assert pooled.request_id in b"".join(export.streaming_content).decode()
+
+
+def test_a_form_without_its_csrf_token_is_refused_in_words(user) -> None:
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    response = client.post("/console/settings/", {"threshold": "5"})
+    assert response.status_code == 403
+    assert "This form expired or was sent from another page" in response.content.decode()
+    assert Wallet.objects.get(user=user).low_balance_threshold_micro is None
