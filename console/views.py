@@ -398,12 +398,16 @@ def tokens(request: HttpRequest) -> HttpResponse:
         else:
             status = 400
     new_secret = request.session.pop(SECRET_SESSION_KEY, None)
+    own = list(account_selectors.api_token_list_for_user(user=_user(request)))
+    usage = consumption.usage_totals_by_token(
+        user=_user(request), wallet_ids=sorted({t.wallet_id for t in own})
+    )
     rows = []
-    for token in account_selectors.api_token_list_for_user(user=_user(request)):
+    for token in own:
         remaining = None
         if token.quota_micro is not None:
             remaining = max(token.quota_micro - token.used_micro, 0)
-        rows.append((token, remaining))
+        rows.append((token, remaining, usage.get(token.pk, consumption.Sums()).requests))
     return render(
         request,
         "console/tokens.html",

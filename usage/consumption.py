@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ class Sums:
     charged_micro: int = 0
     shortfall_micro: int = 0
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: Mapping[str, Any]) -> None:
         self.requests += int(row["requests"] or 0)
         for name in _SUMMED:
             setattr(self, name, getattr(self, name) + int(row[name] or 0))
@@ -168,3 +169,27 @@ def usage_model_names(*, wallet_id: int, user: Any) -> list[str]:
         live = live.filter(created_at__gte=day_start(through + dt.timedelta(days=1)))
     names.update(live.values_list("model", flat=True).distinct())
     return sorted(names)
+
+
+def usage_totals_by_token(*, user: Any, wallet_ids: list[int]) -> dict[int, Sums]:
+    """``user``'s requests and credits per API token, over the given wallets (the wallets
+    of the user's tokens: the owner index starts with the wallet)."""
+    through = rollup_complete_through()
+    totals: dict[int, Sums] = defaultdict(Sums)
+    if through is not None:
+        rolled = (
+            UsageDaily.objects.filter(
+                wallet_id__in=wallet_ids, user=user, day__lte=through, token__isnull=False
+            )
+            .values("token_id")
+            .annotate(requests=Sum("requests"), **_sums())
+            .order_by()
+        )
+        for row in rolled:
+            totals[row["token_id"]].add(row)
+    live = UsageRecord.objects.filter(wallet_id__in=wallet_ids, user=user, token__isnull=False)
+    if through is not None:
+        live = live.filter(created_at__gte=day_start(through + dt.timedelta(days=1)))
+    for row in live.values("token_id").annotate(requests=Count("id"), **_sums()).order_by():
+        totals[row["token_id"]].add(row)
+    return dict(totals)

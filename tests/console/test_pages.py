@@ -185,3 +185,16 @@ def test_a_form_without_its_csrf_token_is_refused_in_words(user) -> None:
     assert response.status_code == 403
     assert "This form expired or was sent from another page" in response.content.decode()
     assert Wallet.objects.get(user=user).low_balance_threshold_micro is None
+
+
+def test_the_tokens_page_shows_requests_used_and_quota_left_per_token(user, prices) -> None:
+    credit(Wallet.objects.get(user=user), "100")
+    token, _ = make_token(user, quota_credits="5")
+    for days_ago in (3, 0):
+        record(token, days_ago=days_ago)
+    rollups.usage_rollup_catch_up()  # one day from the rollups, today live
+    response = browser(user).get("/console/tokens/")
+    token.refresh_from_db()
+    (row,) = response.context["rows"]
+    assert row == (token, micro("5") - token.used_micro, 2)
+    assert 'data-testid="token-requests">2<' in response.content.decode()
