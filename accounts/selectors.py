@@ -41,3 +41,10 @@ def token_group_list() -> QuerySet[TokenGroup]:
 def organization_get_for_user(*, user: User, slug: str) -> Organization | None:
     """An organization ``user`` belongs to; anyone else's is ``None`` (same as missing)."""
     return Organization.objects.filter(slug=slug, memberships__user=user).first()
+
+
+def api_token_quota_left(*, token: ApiToken) -> int | None:
+    """µcr the token may still spend under its quota; ``None`` when it has no quota."""
+    if token.quota_micro is None:
+        return None
+    return max(token.quota_micro - token.used_micro, 0)

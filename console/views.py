@@ -402,12 +402,14 @@ def tokens(request: HttpRequest) -> HttpResponse:
     usage = consumption.usage_totals_by_token(
         user=_user(request), wallet_ids=sorted({t.wallet_id for t in own})
     )
-    rows = []
-    for token in own:
-        remaining = None
-        if token.quota_micro is not None:
-            remaining = max(token.quota_micro - token.used_micro, 0)
-        rows.append((token, remaining, usage.get(token.pk, consumption.Sums()).requests))
+    rows = [
+        (
+            token,
+            account_selectors.api_token_quota_left(token=token),
+            usage.get(token.pk, consumption.Sums()).requests,
+        )
+        for token in own
+    ]
     return render(
         request,
         "console/tokens.html",
