@@ -48,6 +48,7 @@ from usage import consumption
 from usage import selectors as usage_selectors
 from usage.errors import UsageRecordNotFound
 from usage.export import UsageExport
+from usage.rollups import day_start
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
@@ -172,9 +173,8 @@ def topup(request: HttpRequest) -> HttpResponse:
 
 
 def _day_start(day: dt.date | None, *, after: bool = False) -> dt.datetime | None:
-    if day is None:
-        return None
-    return dt.datetime.combine(day + dt.timedelta(days=int(after)), dt.time.min, tzinfo=dt.UTC)
+    """Midnight UTC of ``day`` (of the next day with ``after``: an exclusive end)."""
+    return None if day is None else day_start(day + dt.timedelta(days=int(after)))
 
 
 @login_required
@@ -187,9 +187,8 @@ def bills(request: HttpRequest) -> HttpResponse:
         status=data.get("status") or None,
         created_after=_day_start(data.get("date_from")),
         created_before=_day_start(data.get("date_to"), after=True),
+        payment_method=data.get("payment_method") or None,
     )
-    if data.get("payment_method"):
-        orders = orders.filter(payment_method=data["payment_method"])
     page = _page(request, orders)
     return render(
         request,

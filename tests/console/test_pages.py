@@ -198,3 +198,19 @@ def test_the_tokens_page_shows_requests_used_and_quota_left_per_token(user, pric
     (row,) = response.context["rows"]
     assert row == (token, micro("5") - token.used_micro, 2)
     assert 'data-testid="token-requests">2<' in response.content.decode()
+
+
+def test_a_bank_transfer_order_shows_how_to_pay(user) -> None:
+    client = browser(user)
+    response = client.post(
+        "/console/topup/",
+        {"package": "", "amount": "50", "payment_method": "bank_transfer", "idempotency_key": "b1"},
+        follow=True,
+    )
+    page = response.content.decode()
+    order = user.topup_orders.get()
+    assert 'data-testid="instructions"' in page and order.order_no in page
+    assert order.payment_method == "bank_transfer" and order.status == "pending"
+    bills = client.get("/console/bills/", {"payment_method": "card"}).content.decode()
+    assert order.order_no not in bills
+    assert order.order_no in client.get("/console/bills/").content.decode()
