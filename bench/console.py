@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.metering import psql, recreate_database  # noqa: E402
+from bench.metering import psql, recreate_database, usage_rows_sql  # noqa: E402
 
 MODELS = ("bench-chat", "bench-reasoner", "bench-mini")
 
@@ -81,34 +81,20 @@ def insert_usage_rows(url: str, seeded: dict[str, Any], rows: int, days: int) ->
     token_ids = [t.pk for t in seeded["tokens"]]
     price_ids = [p.pk for p in seeded["prices"]]
     step = days * 86400.0 / rows
+    models = ", ".join(f"'{m}'" for m in MODELS)
     psql(
         url,
-        f"""
-        INSERT INTO usage_usagerecord (
-            request_id, wallet_id, user_id, token_id, token_group_id, price_id, model,
-            endpoint, status, error, started_at, finished_at, latency_ms, input_tokens,
-            output_tokens, cached_input_tokens, reasoning_tokens, task_units, unit_name,
-            input_usd_per_mtok, output_usd_per_mtok, cached_input_usd_per_mtok,
-            reasoning_usd_per_mtok, request_usd, unit_usd, markup, tier_rate,
-            credits_per_usd, usd_cost, cost_micro, charged_micro, shortfall_micro,
-            estimated, metadata, body_hash, created_at)
-        SELECT 'bench-' || g, {wallet_id}, {user.pk},
-            (ARRAY{token_ids})[1 + g % 2],
-            (SELECT id FROM accounts_tokengroup WHERE is_default),
-            (ARRAY{price_ids})[1 + g % 3],
-            (ARRAY['{MODELS[0]}', '{MODELS[1]}', '{MODELS[2]}'])[1 + g % 3], 'chat.completions',
-            CASE WHEN g % 50 = 0 THEN 'failed' ELSE 'succeeded' END,
-            CASE WHEN g % 50 = 0 THEN 'upstream timeout' ELSE '' END,
-            t - interval '900 milliseconds', t, 900, 1000 + g % 900, 200 + g % 300,
-            g % 500, 0, 0, '', 2.5, 10, 1.25, 10, 0, 0, 1, 1, 1,
-            ((1000 + g % 900 - g % 500) * 2.5 + (g % 500) * 1.25 + (200 + g % 300) * 10)
-                / 1000000.0,
-            ceil(((1000 + g % 900 - g % 500) * 2.5 + (g % 500) * 1.25 + (200 + g % 300) * 10)),
-            ceil(((1000 + g % 900 - g % 500) * 2.5 + (g % 500) * 1.25 + (200 + g % 300) * 10)),
-            0, false, '{{}}', md5(g::text), t
-        FROM generate_series(0, {rows - 1}) AS g,
-             LATERAL (SELECT now() - ({rows - 1} - g) * interval '{step} seconds' AS t) AS ts
-        """,
+        usage_rows_sql(
+            prefix="bench",
+            wallet_id=wallet_id,
+            user_id=user.pk,
+            token=f"(ARRAY{token_ids})[1 + g % {len(token_ids)}]",
+            price=f"(ARRAY{price_ids})[1 + g % {len(price_ids)}]",
+            model=f"(ARRAY[{models}])[1 + g % {len(MODELS)}]",
+            first=0,
+            last=rows - 1,
+            moment=f"now() - ({rows - 1} - g) * interval '{step} seconds'",
+        ),
     )
     psql(url, "VACUUM ANALYZE usage_usagerecord")
 
