@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "redemption",
     "alerts",
     "audit",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -357,3 +358,12 @@ CELERY_BEAT_SCHEDULE.update(
         "billing-recurring-grants": {"task": "billing.tasks.recurring_grants", "schedule": 3600.0},
     }
 )
+# --- Console and daily usage rollups (issue 7) -------------------------------------------
+# Finished UTC days are rolled up into usage.UsageDaily; a day counts as finished this long
+# after midnight (requests still settling at midnight land first).
+USAGE_ROLLUP_GRACE_SECONDS = env.int("USAGE_ROLLUP_GRACE_SECONDS", default=600)
+CELERY_BEAT_SCHEDULE["usage-rollup-daily"] = {
+    "task": "usage.tasks.usage_rollup_daily",
+    "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=900.0),
+}
+CONSOLE_PAGE_SIZE = env.int("CONSOLE_PAGE_SIZE", default=50)
