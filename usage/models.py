@@ -309,3 +309,29 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"Usage {self.pk} ({self.model}, {self.charged_micro} µcr)"
+
+
+class UsageContent(models.Model):
+    """What a request said and answered, kept only when its token or organization logs
+    content (``log_content``), each part cut to ``CONTENT_LOG_MAX_CHARS`` characters.
+
+    A table of its own, one row per logged record: records stay lean, and the retention
+    purge (``usage.tasks.usage_content_purge``) is a plain delete by ``created_at``.
+    """
+
+    record = models.OneToOneField(
+        UsageRecord, on_delete=models.CASCADE, primary_key=True, related_name="content"
+    )
+    system = models.TextField(blank=True, help_text="The system message(s).")
+    messages = models.TextField(blank=True, help_text="The prompt messages, as JSON.")
+    tools = models.TextField(blank=True, help_text="The tool definitions, as JSON.")
+    tool_calls = models.TextField(blank=True, help_text="The tool calls made, as JSON.")
+    response = models.TextField(blank=True, help_text="The response text.")
+    context_bytes = models.BigIntegerField(
+        default=0, help_text="Size of the request's context (system, messages, tools), UTF-8."
+    )
+    truncated = models.BooleanField(default=False, help_text="A part was cut to the limit.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"Content of usage {self.record_id}"

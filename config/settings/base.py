@@ -326,3 +326,19 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# --- Spend controls and content logging (usage) ---------------------------------------
+# Fewer available credits than this and no request may start (limit_source
+# minimum_balance); each wallet may override it. Empty: the credit value of $0.10.
+METERING_MIN_BALANCE_CREDITS = env("METERING_MIN_BALANCE_CREDITS", default="")
+# Redis for the per-token requests/tokens-per-minute limits; empty: the cache's Redis.
+# If it cannot be reached the limits fail open (logged); budgets and balances never do.
+RATE_LIMIT_REDIS_URL = env("RATE_LIMIT_REDIS_URL", default="")
+# Opt-in content logging: each logged part is cut to this many characters, and logged
+# content is deleted this many days after its request.
+CONTENT_LOG_MAX_CHARS = env.int("CONTENT_LOG_MAX_CHARS", default=20_000)
+CONTENT_RETENTION_DAYS = env.int("CONTENT_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["usage-content-purge"] = {
+    "task": "usage.tasks.usage_content_purge",
+    "schedule": 3600.0,
+}
