@@ -244,7 +244,7 @@ def test_credits_in_flight_count_against_the_budget(
 def test_a_capture_counts_in_the_budget_and_the_refusal_has_retry_after(
     user: User, funded: Wallet, prices: Any
 ) -> None:
-    token, secret = make_token(user, budget_period="monthly", budget_credits="0.015")
+    _, secret = make_token(user, budget_period="monthly", budget_credits="0.015")
     api = Api(secret)
     authorization = authorize(api, request_id="a").json()
     captured = api.post(
