@@ -5,8 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import views as account_views
 from referrals import views as referral_views
 
-# Django tries patterns in order: the metering API, the busiest by far, comes first.
+# Django tries patterns in order: the gateway and the metering API, the busiest by far,
+# come first.
 urlpatterns = [
+    path("v1/", include("usage.gateway.urls")),
     path("api/v1/", include("usage.urls")),
     path("", account_views.home, name="home"),
     path("accounts/", include("accounts.urls")),

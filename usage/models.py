@@ -335,3 +335,38 @@ class UsageContent(models.Model):
 
     def __str__(self) -> str:
         return f"Content of usage {self.record_id}"
+
+
+class UpstreamChannel(models.Model):
+    """An OpenAI-compatible upstream the gateway forwards calls to. Enabled channels are
+    tried by ``priority`` (highest first); the next one is tried when a channel cannot be
+    reached or answers 5xx before anything was sent to the client.
+
+    ``api_key`` is write-only: the admin never displays it (only ``api_key_hint``, its last
+    four characters) and nothing logs it.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    base_url = models.URLField(
+        max_length=300,
+        default="https://openrouter.ai/api/v1",
+        help_text="The OpenAI-compatible API root, e.g. https://openrouter.ai/api/v1.",
+    )
+    api_key = models.CharField(max_length=500, blank=True)
+    api_key_hint = models.CharField(max_length=8, blank=True, editable=False)
+    model_map = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Our model id to the upstream\'s, e.g. {"gpt-4o-mini": "openai/gpt-4o-mini"}; '
+        "models not listed are sent unchanged.",
+    )
+    priority = models.IntegerField(default=0, help_text="Higher is tried first.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-priority", "id"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -29,7 +29,7 @@ import json
 import math
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -766,28 +766,14 @@ def authorization_capture(
                 now=finished_at,
                 charged_at=now,
             )
-            if not sql.execute(_SETTLE, [now, authorization.pk]):
-                raise _AlreadySettled()
-            record = sql.create(
-                UsageRecord,
-                request_id=authorization.request_id,
-                authorization=authorization,
-                wallet_id=authorization.wallet_id,
-                user_id=authorization.user_id,
-                token_id=authorization.token_id,
-                token_group_id=authorization.token_group_id,
-                endpoint=authorization.endpoint,
-                client_ip=authorization.client_ip,
-                created_at=now,
-                **_record_fields(
-                    breakdown=breakdown,
-                    report=report,
-                    started_at=started_at,
-                    finished_at=finished_at,
-                    fingerprint=fingerprint,
-                ),
+            record = _authorization_settle(
+                authorization,
+                breakdown=breakdown,
+                report=report,
+                fingerprint=fingerprint,
+                span=(started_at, finished_at),
+                now=now,
             )
-            _cache_token_group(record, authorization._state.fields_cache.get("token"))
             reference = wallet_services.Ref.to(record)
             try:
                 charge = wallet_services.hold_capture(
@@ -806,6 +792,43 @@ def authorization_capture(
         )
         raise
     return RecordResult(record, available_after=charge.available_after)
+
+
+def _authorization_settle(
+    authorization: Authorization,
+    *,
+    breakdown: pricing.PriceBreakdown,
+    report: UsageReport,
+    fingerprint: str,
+    span: tuple[dt.datetime, dt.datetime],
+    now: dt.datetime,
+) -> UsageRecord:
+    """Mark the authorization settled (once: ``_AlreadySettled`` otherwise) and write its
+    usage record. Runs inside the settling transaction."""
+    started_at, finished_at = span
+    if not sql.execute(_SETTLE, [now, authorization.pk]):
+        raise _AlreadySettled()
+    record = sql.create(
+        UsageRecord,
+        request_id=authorization.request_id,
+        authorization=authorization,
+        wallet_id=authorization.wallet_id,
+        user_id=authorization.user_id,
+        token_id=authorization.token_id,
+        token_group_id=authorization.token_group_id,
+        endpoint=authorization.endpoint,
+        client_ip=authorization.client_ip,
+        created_at=now,
+        **_record_fields(
+            breakdown=breakdown,
+            report=report,
+            started_at=started_at,
+            finished_at=finished_at,
+            fingerprint=fingerprint,
+        ),
+    )
+    _cache_token_group(record, authorization._state.fields_cache.get("token"))
+    return record
 
 
 def _cache_token_group(record: UsageRecord, token: ApiToken | None) -> None:
@@ -855,6 +878,41 @@ def authorization_release(
         hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
     authorization.settled_at = authorization.settled_at or now
     return AuthorizationResult(authorization, hold.status)
+
+
+def authorization_fail(
+    *, authorization: Authorization, report: UsageReport, now: dt.datetime | None = None
+) -> RecordResult:
+    """The request failed before producing anything (the gateway's upstream error): give
+    the hold back and record the request with ``report.status`` (failed or cancelled) and
+    nothing charged, not even a per-request fee: one transaction, exactly once per
+    authorization (a replay returns the first record)."""
+    now = now or timezone.now()
+    fingerprint = _report_fingerprint(report)
+    if authorization.settled_at is not None:
+        return _capture_replay(authorization, fingerprint)
+    free = pricing.price_usage(
+        price=authorization.price, usage=pricing.Usage(), tier_rate=authorization.tier_rate
+    )
+    # The record's factors must recompute to its charge: no fee on a failed request.
+    free = replace(free, request_usd=Decimal(0), usd_cost=Decimal(0), credits_micro=0)
+    span = _request_span(report, default_start=authorization.created_at, now=now)
+    try:
+        with transaction.atomic():
+            record = _authorization_settle(
+                authorization,
+                breakdown=free,
+                report=report,
+                fingerprint=fingerprint,
+                span=span,
+                now=now,
+            )
+            hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
+    except _AlreadySettled:
+        fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
+        return _capture_replay(fresh, fingerprint)
+    authorization.settled_at = now
+    return RecordResult(record, available_after=getattr(hold, "available_after", None))
 
 
 def authorizations_close_stale(*, batch_size: int = 1000, now: dt.datetime | None = None) -> int:

@@ -342,3 +342,13 @@ CELERY_BEAT_SCHEDULE["usage-content-purge"] = {
     "task": "usage.tasks.usage_content_purge",
     "schedule": 3600.0,
 }
+
+# --- OpenAI-compatible gateway (/v1/...) ---------------------------------------------------
+# With no enabled upstream channel in the admin, these form the default channel.
+UPSTREAM_BASE_URL = env("UPSTREAM_BASE_URL", default="https://openrouter.ai/api/v1")
+UPSTREAM_API_KEY = env("UPSTREAM_API_KEY", default="")
+# Seconds to open a connection to an upstream, and to wait for its next bytes.
+GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=5.0)
+GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
+# Pooled keep-alive connections to the upstreams, per web process.
+GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)

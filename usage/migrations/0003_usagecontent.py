@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('usage', '0001_metering'),
+        ('usage', '0002_upstream_channel'),
     ]
 
     operations = [
