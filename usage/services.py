@@ -562,6 +562,14 @@ def content_logging_enabled(*, token_id: int) -> bool:
     return bool(flags and (flags[0] or flags[1]))
 
 
+def content_logging_on(*, token: ApiToken) -> bool:
+    """``content_logging_enabled`` for a loaded token, reading nothing more when its own
+    flag decides (on, or off without an organization)."""
+    if token.log_content:
+        return True
+    return token.organization_id is not None and content_logging_enabled(token_id=token.pk)
+
+
 def _content_store(
     *, record: UsageRecord, token_id: int | None, content: ContentLog | None, now: dt.datetime
 ) -> None:
@@ -881,7 +889,11 @@ def authorization_release(
 
 
 def authorization_fail(
-    *, authorization: Authorization, report: UsageReport, now: dt.datetime | None = None
+    *,
+    authorization: Authorization,
+    report: UsageReport,
+    content: ContentLog | None = None,
+    now: dt.datetime | None = None,
 ) -> RecordResult:
     """The request failed before producing anything (the gateway's upstream error): give
     the hold back and record the request with ``report.status`` (failed or cancelled) and
@@ -908,6 +920,7 @@ def authorization_fail(
                 now=now,
             )
             hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
+            _content_store(record=record, token_id=authorization.token_id, content=content, now=now)
     except _AlreadySettled:
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
         return _capture_replay(fresh, fingerprint)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +15,7 @@ from accounts import services as account_services
 from accounts.errors import InvalidLimit
 from accounts.models import ApiToken, User
 from tests.helpers import assert_ledger_ok, ledger_state, micro, refresh
+from tests.redis_server import free_port
 from tests.usage.conftest import Api, counts, error_code, make_token
 from usage import pricing, selectors, services
 from usage.errors import MinimumBalanceRequired, RateLimitExceeded, TokenBudgetExceeded
@@ -386,35 +384,6 @@ def test_concurrent_hits_never_pass_the_limit(user: User, funded: Wallet, prices
 # --- Redis unavailable: limits fail open, money never does ----------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def own_redis(settings: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """A redis-server of this test's own (the shared one is never stopped), which the
-    rate limiter is pointed at."""
-    port = _free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    settings.RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{port}/0"
-    yield process
-    process.kill()
-    process.wait()
-
-
 def test_redis_stopped_mid_test_serving_continues_and_the_balance_stays_exact(
     user: User, funded: Wallet, prices: Any, own_redis: Any, caplog: Any
 ) -> None:
@@ -457,7 +426,7 @@ def test_redis_stopped_mid_test_serving_continues_and_the_balance_stays_exact(
 def test_an_unreachable_limiter_lets_requests_through(
     user: User, funded: Wallet, prices: Any, settings: Any
 ) -> None:
-    settings.RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens
+    settings.RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens
     token, _ = make_token(user, rate_limit_rpm=1)
     now = dt.datetime.now(UTC)
     for i in range(3):

@@ -127,6 +127,10 @@ class Admission:
     authorization: Authorization
     channels: list[Channel]
     credits_remaining: str
+    call: Call | None = None
+    # Content logging is on for the token or its organization: keep the prompt and the
+    # answer with the usage record (never otherwise).
+    log_content: bool = False
 
 
 class Refused(Exception):
@@ -189,6 +193,8 @@ def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
         authorization=result.authorization,
         channels=channel_list_for_gateway(),
         credits_remaining=_credits_remaining(token, result.available_after),
+        call=call,
+        log_content=services.content_logging_on(token=token),
     )
 
 
@@ -208,6 +214,9 @@ class Outcome:
     failovers: int = 0
     stream: bool = False
     finished_at: dt.datetime = field(default_factory=timezone.now)
+    # Kept only when the admission logs content.
+    response_text: str = ""
+    tool_calls: list[Any] | None = None
 
 
 def _count(value: Any) -> int | None:
@@ -266,17 +275,37 @@ def capture_report(*, admission: Admission, outcome: Outcome) -> services.UsageR
     )
 
 
+def content_log(*, admission: Admission, outcome: Outcome) -> services.ContentLog | None:
+    """What the call said and answered, when the admission logs content."""
+    call = admission.call
+    if not admission.log_content or call is None:
+        return None
+    if call.endpoint == EMBEDDINGS:
+        items = call.body.get("input")
+        return services.ContentLog(messages=items if isinstance(items, list) else [items])
+    tools = call.body.get("tools")
+    return services.ContentLog.from_chat(
+        messages=call.messages,
+        tools=tools if isinstance(tools, list) else None,
+        response=outcome.response_text,
+        tool_calls=outcome.tool_calls,
+    )
+
+
 def settle(*, admission: Admission, outcome: Outcome, produced: bool) -> str:
     """Capture the call (``produced``: the upstream answered, even in part) or record it
     failed with nothing charged and the hold released. Returns the X-Credits-Remaining
     value."""
     report = capture_report(admission=admission, outcome=outcome)
+    content = content_log(admission=admission, outcome=outcome)
     if produced:
         result = services.authorization_capture(
-            authorization=admission.authorization, report=report
+            authorization=admission.authorization, report=report, content=content
         )
     else:
-        result = services.authorization_fail(authorization=admission.authorization, report=report)
+        result = services.authorization_fail(
+            authorization=admission.authorization, report=report, content=content
+        )
     return _credits_remaining(admission.token, result.available_after)
 
 
