@@ -433,3 +433,25 @@ def test_an_unreachable_limiter_lets_requests_through(
         assert hold(token, f"r{i}", now).authorization.pk
     assert refresh(funded).held == 3 * TEN_MILLI
     assert_ledger_ok(funded)
+
+
+def test_the_token_command_sets_budgets_limits_and_logging(user: User) -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    call_command(
+        "create_api_token",
+        "--email", user.email, "--name", "capped", "--budget", "weekly", "25",
+        "--rpm", "60", "--tpm", "90000", "--log-content",
+        stdout=StringIO(), stderr=StringIO(),
+    )  # fmt: skip
+    token = ApiToken.objects.get(name="capped")
+    assert (token.budget_period, token.budget_micro) == ("weekly", micro("25"))
+    assert (token.rate_limit_rpm, token.rate_limit_tpm, token.log_content) == (60, 90000, True)
+    with pytest.raises(CommandError):
+        call_command(
+            "create_api_token",
+            "--email", user.email, "--name", "bad", "--budget", "hourly", "5",
+            stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
