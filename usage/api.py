@@ -46,7 +46,7 @@ from config.fastinput import validated
 from config.openapi import error_responses
 from usage import pricing, selectors, services
 from usage.export import UsageExport, UsageJsonLinesExport
-from usage.models import UsageRecord
+from usage.models import UsageContent, UsageRecord
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet.models import LedgerEntry
@@ -807,10 +807,7 @@ def _plain(value: Decimal) -> str:
     return format(value.normalize(), "f") if value else "0"
 
 
-def content_payload(record: UsageRecord) -> dict[str, Any] | None:
-    content = selectors.usage_content_get(record=record)
-    if content is None:
-        return None
+def _content_data(content: UsageContent) -> dict[str, Any]:
     return {
         "system": content.system,
         "messages": content.messages,
@@ -821,6 +818,20 @@ def content_payload(record: UsageRecord) -> dict[str, Any] | None:
         "truncated": content.truncated,
         "logged_at": _timestamp(content.created_at),
     }
+
+
+def content_payload(record: UsageRecord) -> dict[str, Any] | None:
+    content = selectors.usage_content_get(record=record)
+    return None if content is None else _content_data(content)
+
+
+def usage_export_line(record: UsageRecord) -> dict[str, Any]:
+    """One JSON Lines row: the record, and its content when it has some (loaded with it)."""
+    line = usage_record_payload(record)
+    content = getattr(record, "content", None)  # absent: the relation raises AttributeError
+    if content is not None:
+        line["content"] = _content_data(content)
+    return line
 
 
 class UsageDetailApi(APIView):
@@ -905,7 +916,7 @@ class UsageExportApi(APIView):
         records = _usage_records(request)
         export: UsageExport
         if getattr(request.accepted_renderer, "format", "") == "jsonl":
-            export = UsageJsonLinesExport(records, render=usage_record_payload)
+            export = UsageJsonLinesExport(records, render=usage_export_line)
             content_type, extension = "application/x-ndjson; charset=utf-8", "jsonl"
         else:
             export = UsageExport(records)

@@ -285,8 +285,9 @@ class UsageExport:
 
 
 class UsageJsonLinesExport(UsageExport):
-    """JSON Lines: one object per record (``render(record)``, the API's record shape),
-    oldest first, with ``content`` only on records that have logged content."""
+    """JSON Lines: one object per record (``render(record)``: the API's record shape, with
+    ``content`` only on records that have logged content), oldest first. Records come
+    with their group and content in the same query."""
 
     def __init__(
         self,
@@ -303,17 +304,6 @@ class UsageJsonLinesExport(UsageExport):
         records = self.records.select_related("token_group", "content")
         for record in records.iterator(chunk_size=2000):
             line = self.render(record)
-            content = getattr(record, "content", None)
-            if content is not None:
-                line["content"] = {
-                    "system": content.system,
-                    "messages": content.messages,
-                    "tools": content.tools,
-                    "tool_calls": content.tool_calls,
-                    "response": content.response,
-                    "context_bytes": content.context_bytes,
-                    "truncated": content.truncated,
-                }
             buffer.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
             buffer.write("\n")
             if buffer.tell() >= self.chunk_bytes:

@@ -14,11 +14,12 @@ from django.test import override_settings
 from accounts import services as account_services
 from accounts.errors import InvalidLimit
 from accounts.models import ApiToken, User
-from tests.helpers import assert_ledger_ok, ledger_state, micro, refresh
+from tests.helpers import assert_ledger_ok, credit, ledger_state, micro, refresh
 from tests.redis_server import free_port
 from tests.usage.conftest import Api, counts, error_code, make_token
 from usage import pricing, selectors, services
 from usage.errors import MinimumBalanceRequired, RateLimitExceeded, TokenBudgetExceeded
+from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
 from wallet.models import Wallet
@@ -68,6 +69,10 @@ def spend(token: ApiToken, request_id: str, now: dt.datetime, output_tokens: int
     )
 
 
+def fund(wallet: Wallet, amount_micro: int) -> None:
+    credit(wallet, str(money.micro_to_credits(amount_micro)))
+
+
 # --- Minimum balance --------------------------------------------------------------------
 
 
@@ -86,13 +91,7 @@ def test_a_request_starts_exactly_at_the_minimum_and_not_one_microcredit_below(
     user: User, prices: Any
 ) -> None:
     wallet = Wallet.objects.get(user=user)
-    wallet_services.wallet_credit(
-        wallet=wallet,
-        amount=micro("0.5"),
-        category="paid",
-        idempotency_key="fund-1",
-        reference=wallet_services.Ref("test", "1"),
-    )
+    fund(wallet, micro("0.5"))
     _, secret = make_token(user)
     api = Api(secret)
     assert authorize(api, request_id="at-min").status_code == 201  # 0.5 available: allowed
@@ -127,13 +126,7 @@ def test_below_the_minimum_and_the_cost_the_refusal_names_the_minimum(
     user: User, prices: Any
 ) -> None:
     wallet = Wallet.objects.get(user=user)
-    wallet_services.wallet_credit(
-        wallet=wallet,
-        amount=5_000,
-        category="paid",
-        idempotency_key="fund-2",
-        reference=wallet_services.Ref("test", "2"),
-    )
+    fund(wallet, 5_000)
     _, secret = make_token(user)
     response = authorize(Api(secret))  # 10,000 µcr wanted, 5,000 there, minimum 1 credit
     assert response.status_code == 402
@@ -145,13 +138,7 @@ def test_a_one_shot_record_below_the_minimum_is_refused_and_nothing_is_charged(
     user: User, prices: Any
 ) -> None:
     wallet = Wallet.objects.get(user=user)
-    wallet_services.wallet_credit(
-        wallet=wallet,
-        amount=micro("1.005"),
-        category="paid",
-        idempotency_key="fund-3",
-        reference=wallet_services.Ref("test", "3"),
-    )
+    fund(wallet, micro("1.005"))
     token, _ = make_token(user)
     now = dt.datetime.now(UTC)
     spend(token, "one", now, output_tokens=600)  # 1.005 available before: fine; 0.999 after
@@ -268,13 +255,7 @@ def test_a_capture_counts_in_the_budget_and_the_refusal_has_retry_after(
 
 def test_a_shortfall_is_taken_back_from_the_budget(user: User, prices: Any) -> None:
     wallet = Wallet.objects.get(user=user)
-    wallet_services.wallet_credit(
-        wallet=wallet,
-        amount=TEN_MILLI,
-        category="paid",
-        idempotency_key="fund-4",
-        reference=wallet_services.Ref("test", "4"),
-    )
+    fund(wallet, TEN_MILLI)
     token, _ = make_token(user, budget_period="daily", budget_credits="1")
     now = dt.datetime.now(UTC)
     authorization = hold(token, "a", now, max_tokens=100).authorization
