@@ -319,11 +319,15 @@ def _clean_budget(period: str, budget_credits: object) -> tuple[str, int | None]
         raise InvalidLimit(exc.message, field="budget", value=str(budget_credits)) from exc
 
 
+_MAX_RATE = {"rate_limit_rpm": 1_000_000_000, "rate_limit_tpm": 10**15}
+
+
 def _clean_rate(value: object, field: str) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**12:
-        raise InvalidLimit(f"{field} is a whole number from 1, or empty.", field=field)
+    highest = _MAX_RATE[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+        raise InvalidLimit(f"{field} is a whole number from 1 to {highest}, or empty.", field=field)
     return value
 
 

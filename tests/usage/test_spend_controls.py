@@ -278,6 +278,9 @@ def test_budget_settings_are_validated(user: User, funded: Wallet) -> None:
         make_token(user, budget_period="hourly", budget_credits="5")
     with pytest.raises(InvalidLimit):
         make_token(user, rate_limit_rpm=0)
+    with pytest.raises(InvalidLimit):
+        make_token(user, rate_limit_rpm=2**31)  # more than the column holds
+    assert make_token(user, rate_limit_rpm=10**9, rate_limit_tpm=10**15)[0].rate_limit_tpm
     token, _ = make_token(user, budget_period="daily", budget_credits="5")
     updated = account_services.api_token_update(token=token, budget_credits="7.5")
     assert (updated.budget_period, updated.budget_micro) == ("daily", micro("7.5"))
