@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ def run(pairs: int, rounds: int) -> None:
         reference=wallet_services.Ref("bench", "fund"),
     )
     big = 10**9
-    options = {
+    options: dict[str, dict[str, Any]] = {
         "plain": {},
         "budget": {"budget_period": "daily", "budget_credits": "100000"},
         "limits": {"rate_limit_rpm": big, "rate_limit_tpm": big},

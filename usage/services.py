@@ -571,11 +571,23 @@ def content_logging_on(*, token: ApiToken) -> bool:
 
 
 def _content_store(
-    *, record: UsageRecord, token_id: int | None, content: ContentLog | None, now: dt.datetime
+    *,
+    record: UsageRecord,
+    token: ApiToken | None,
+    token_id: int | None,
+    content: ContentLog | None,
+    now: dt.datetime,
 ) -> None:
-    """Keep ``content`` with ``record`` if logging is on, each part cut to
-    ``CONTENT_LOG_MAX_CHARS``; otherwise nothing of it is written anywhere."""
-    if content is None or token_id is None or not content_logging_enabled(token_id=token_id):
+    """Keep ``content`` with ``record`` if logging is on (asked of ``token`` when it is
+    loaded, else read), each part cut to ``CONTENT_LOG_MAX_CHARS``; otherwise nothing of
+    it is written anywhere."""
+    if content is None or token_id is None:
+        return
+    if token is not None and token.pk == token_id:
+        enabled = content_logging_on(token=token)
+    else:
+        enabled = content_logging_enabled(token_id=token_id)
+    if not enabled:
         return
     limit = settings.CONTENT_LOG_MAX_CHARS
     parts = {
@@ -790,7 +802,13 @@ def authorization_capture(
             except HoldExpired:
                 charge = _charge_without_hold(authorization, cost, reference, now)
             _apply_shortfall(record, charge, membership_id=authorization.membership_id)
-            _content_store(record=record, token_id=authorization.token_id, content=content, now=now)
+            _content_store(
+                record=record,
+                token=authorization._state.fields_cache.get("token"),
+                token_id=authorization.token_id,
+                content=content,
+                now=now,
+            )
     except _AlreadySettled:
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
         return _capture_replay(fresh, fingerprint)
@@ -920,7 +938,13 @@ def authorization_fail(
                 now=now,
             )
             hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
-            _content_store(record=record, token_id=authorization.token_id, content=content, now=now)
+            _content_store(
+                record=record,
+                token=authorization._state.fields_cache.get("token"),
+                token_id=authorization.token_id,
+                content=content,
+                now=now,
+            )
     except _AlreadySettled:
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
         return _capture_replay(fresh, fingerprint)
@@ -1031,7 +1055,7 @@ def usage_record_create_oneshot(
                     wallet_id=token.wallet_id, now=now
                 )
             _require_min_balance(token, available_after + cost)
-            _content_store(record=record, token_id=token.pk, content=content, now=now)
+            _content_store(record=record, token=token, token_id=token.pk, content=content, now=now)
     except IntegrityError:
         existing = UsageRecord.objects.filter(token=token, request_id=request_id).first()
         if existing is None:
