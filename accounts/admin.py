@@ -74,15 +74,6 @@ class TokenGroupForm(forms.ModelForm):
         model = TokenGroup
         fields = ("name", "tier", "allowed_models", "is_default", "description")
 
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        budget = data.get("budget_micro")
-        if budget is not None and budget < 0:
-            self.add_error("budget_micro", "The budget cannot be negative.")
-        if bool(data.get("budget_period")) != (budget is not None):
-            self.add_error("budget_micro", "A periodic budget needs both a period and an amount.")
-        return data
-
     def clean_allowed_models(self) -> list[str]:
         try:
             return services.model_rules_clean(self.cleaned_data.get("allowed_models") or [])
@@ -126,6 +117,15 @@ class ApiTokenForm(forms.ModelForm):
             "rate_limit_tpm",
             "log_content",
         )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        budget = data.get("budget_micro")
+        if budget is not None and budget < 0:
+            self.add_error("budget_micro", "The budget cannot be negative.")
+        if bool(data.get("budget_period")) != (budget is not None):
+            self.add_error("budget_micro", "A periodic budget needs both a period and an amount.")
+        return data
 
     def clean_quota_micro(self) -> int | None:
         quota = self.cleaned_data.get("quota_micro")
@@ -175,8 +175,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "scopes",
         "status",
         "used_micro",
-        "budget_period_start",
-        "budget_spent_micro",
+        "budget_status",
         "last_used_at",
         "created_at",
         "revoked_at",
@@ -210,6 +209,20 @@ class ApiTokenAdmin(admin.ModelAdmin):
             rate_limit_rpm=data.get("rate_limit_rpm"),
             rate_limit_tpm=data.get("rate_limit_tpm"),
             log_content=bool(data.get("log_content")),
+        )
+
+    @admin.display(description="Budget this period")
+    def budget_status(self, token: ApiToken) -> str:
+        from usage.selectors import token_budget_status  # usage depends on accounts
+
+        budget = token_budget_status(token=token) if token.pk else None
+        if budget is None:
+            return "No periodic budget"
+        return (
+            f"{money.format_credits(budget.used_micro)} used "
+            f"(+{money.format_credits(budget.in_flight_micro)} in flight) of "
+            f"{money.format_credits(budget.limit_micro)} credits, {budget.period}; "
+            f"resets {budget.resets_at:%Y-%m-%d %H:%M} UTC"
         )
 
     @admin.action(description="Revoke the selected tokens")

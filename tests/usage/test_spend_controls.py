@@ -439,3 +439,35 @@ def test_the_token_command_sets_budgets_limits_and_logging(user: User) -> None:
             "--email", user.email, "--name", "bad", "--budget", "hourly", "5",
             stdout=StringIO(), stderr=StringIO(),
         )  # fmt: skip
+
+
+def test_staff_set_budgets_and_limits_in_the_admin_and_see_the_budget(
+    admin_client: Any, user: User, funded: Wallet, prices: Any
+) -> None:
+    token, _ = make_token(user)
+    form = {
+        "name": "capped",
+        "group": token.group_id,
+        "quota_micro": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "allowed_models": "[]",
+        "allowed_ips": "[]",
+        "budget_period": "daily",
+        "budget_micro": "",
+        "rate_limit_rpm": "30",
+        "rate_limit_tpm": "",
+        "log_content": "on",
+    }
+    url = f"/admin/accounts/apitoken/{token.pk}/change/"
+    refused = admin_client.post(url, form)  # a period without an amount
+    assert refused.status_code == 200
+    assert fresh(token).budget_period == ""
+    response = admin_client.post(url, {**form, "budget_micro": "2000000"})
+    assert response.status_code == 302, response.content[:2000]
+    changed = fresh(token)
+    assert (changed.budget_period, changed.budget_micro) == ("daily", 2_000_000)
+    assert (changed.rate_limit_rpm, changed.rate_limit_tpm, changed.log_content) == (30, None, True)
+    hold(token, "a", dt.datetime.now(UTC))
+    page = admin_client.get(url).content.decode()
+    assert "0.00 used (+0.01 in flight) of 2.00 credits, daily" in page
