@@ -471,3 +471,16 @@ def test_staff_set_budgets_and_limits_in_the_admin_and_see_the_budget(
     hold(token, "a", dt.datetime.now(UTC))
     page = admin_client.get(url).content.decode()
     assert "0.00 used (+0.01 in flight) of 2.00 credits, daily" in page
+
+
+def test_the_per_token_throttle_fails_open_when_the_cache_redis_is_gone(settings: Any) -> None:
+    from config.ratelimit import Window
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "config.cache.SharedRedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+        }
+    }
+    window = Window("api-token", limit=1, seconds=60)
+    assert [window.hit("t"), window.hit("t")] == [0, 0]  # never over the limit
