@@ -1,12 +1,21 @@
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import set_urlconf
+
+from config import after_response
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
+
+GATEWAY_PREFIX = "/v1/"
 
 
 class SyncStackASGIHandler(ASGIHandler):
@@ -22,6 +31,9 @@ class SyncStackASGIHandler(ASGIHandler):
     Each request still gets a thread of its own for its synchronous work (Django's
     ``ThreadSensitiveContext`` per request), but from a pool of idle single-thread
     executors instead of a new thread started and joined for every request.
+
+    Work a view defers with ``config.after_response.defer`` runs once the response is
+    complete, in the request's thread-sensitive context, before its thread is reused.
     """
 
     def __init__(self) -> None:
@@ -32,6 +44,27 @@ class SyncStackASGIHandler(ASGIHandler):
         super().load_middleware(is_async=False)
         handler: Any = self
         handler._middleware_chain = sync_to_async(handler._middleware_chain, thread_sensitive=True)
+        self._gateway_chain = cast(
+            Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+            convert_exception_to_response(self._gateway_view),
+        )
+
+    async def _gateway_view(self, request: HttpRequest) -> HttpResponseBase:
+        match = self.resolve_request(request)
+        response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
+        return response
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """The OpenAI-compatible gateway (``/v1/``) skips the middleware stack: its async
+        views run on the event loop directly (no hop to a thread and back). They use no
+        session, cookie, CSRF token or message, authenticate their own bearer tokens, and
+        render every error, and ``X-Credits-Remaining``, themselves."""
+        if not request.path_info.startswith(GATEWAY_PREFIX):
+            return await super().get_response_async(request)
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._gateway_chain(request)
+        cast(Any, response)._resource_closers.append(request.close)
+        return response
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -42,9 +75,13 @@ class SyncStackASGIHandler(ASGIHandler):
             if self._idle_executors
             else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
         )
+        deferred = after_response.begin()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
+                # The response is complete (the connection may already serve the next
+                # request); finish the request's own bookkeeping in its thread.
+                await after_response.run(deferred)
         finally:
             self._idle_executors.append(executor)
 

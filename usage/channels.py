@@ -7,6 +7,7 @@ its last four characters, ``api_key_hint``) and never logged; ``Channel.__repr__
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -78,12 +79,31 @@ def upstream_channel_save(
         channel.api_key_hint = key[-4:] if len(key) >= 8 else ""
     channel.updated_at = timezone.now()
     channel.save()
+    global _cache
+    _cache = None  # this process sees the change at once; the others within the TTL
     return channel
+
+
+_cache: tuple[float, list[Channel]] | None = None
 
 
 def channel_list_for_gateway() -> list[Channel]:
     """The channels to try, in order: the enabled ones by priority, or, with none enabled,
-    the default channel from ``UPSTREAM_BASE_URL`` / ``UPSTREAM_API_KEY``."""
+    the default channel from ``UPSTREAM_BASE_URL`` / ``UPSTREAM_API_KEY``.
+
+    Kept for ``GATEWAY_CHANNEL_CACHE_SECONDS`` in each process (a query less per call):
+    an edit in the admin reaches every process within that time."""
+    global _cache
+    ttl = settings.GATEWAY_CHANNEL_CACHE_SECONDS
+    now = time.monotonic()
+    if ttl > 0 and _cache is not None and now - _cache[0] < ttl:
+        return _cache[1]
+    channels = _channel_list()
+    _cache = (now, channels)
+    return channels
+
+
+def _channel_list() -> list[Channel]:
     rows = UpstreamChannel.objects.filter(enabled=True).values_list(
         "name", "base_url", "api_key", "model_map"
     )

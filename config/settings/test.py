@@ -29,3 +29,5 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 # the minimum balance to start a request ($0.10 by default) is tested on its own
 # (tests/usage/test_spend_controls.py), so it is off unless a test sets it.
 METERING_MIN_BALANCE_CREDITS = env("METERING_MIN_BALANCE_CREDITS", default="0")
+# Tests change upstream channels between calls: no per-process channel cache.
+GATEWAY_CHANNEL_CACHE_SECONDS = 0.0

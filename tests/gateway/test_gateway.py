@@ -66,7 +66,7 @@ def test_completion_charges_the_upstreams_usage(
 
     assert completion.choices[0].message.content == REPLY
     assert completion.usage is not None and completion.usage.prompt_tokens == PROMPT_TOKENS
-    record = _only_record()
+    record = _wait_for_record()
     assert (record.status, record.estimated, record.endpoint) == (
         "succeeded",
         False,
@@ -121,7 +121,7 @@ def test_embeddings_are_charged_for_their_input(ai: openai.OpenAI, funded_wallet
     result = ai.embeddings.create(model="test-chat", input=["first text", "second"])
 
     assert len(result.data) == 2
-    record = _only_record()
+    record = _wait_for_record()
     assert (record.endpoint, record.input_tokens, record.output_tokens) == (
         "embeddings",
         PROMPT_TOKENS,
@@ -283,7 +283,7 @@ def test_failover_to_the_next_channel_with_its_model_name_and_key(
     (sent,) = upstream.requests
     assert sent["body"]["model"] == "up/chat"
     assert sent["headers"]["authorization"] == "Bearer sk-healthy-key"
-    record = _only_record()
+    record = _wait_for_record()
     assert record.metadata == {"extra": {"channel": "healthy", "stream": False}, "retries": 2}
     assert record.charged_micro == REPORTED_COST
     assert "-key" not in caplog.text

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 from rest_framework.exceptions import APIException
 
@@ -126,11 +127,15 @@ class Admission:
     token: ApiToken
     authorization: Authorization
     channels: list[Channel]
-    credits_remaining: str
+    available_micro: int  # the wallet's available credits with this call's hold taken
     call: Call | None = None
     # Content logging is on for the token or its organization: keep the prompt and the
     # answer with the usage record (never otherwise).
     log_content: bool = False
+
+    @property
+    def credits_remaining(self) -> str:
+        return credits_remaining_header(self.available_micro)
 
 
 class Refused(Exception):
@@ -143,10 +148,14 @@ class Refused(Exception):
         self.credits_remaining = credits_remaining
 
 
-def _credits_remaining(token: ApiToken, available: int | None = None) -> str:
+def _available(token: ApiToken, available: int | None = None) -> int:
     if available is None:
         available = wallet_selectors.wallet_available(wallet_id=token.wallet_id)
-    return credits_remaining_header(available)
+    return available
+
+
+def _credits_remaining(token: ApiToken, available: int | None = None) -> str:
+    return credits_remaining_header(_available(token, available))
 
 
 def token_admit(*, secret: str, client_ip: str) -> ApiToken:
@@ -192,7 +201,7 @@ def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
         token=token,
         authorization=result.authorization,
         channels=channel_list_for_gateway(),
-        credits_remaining=_credits_remaining(token, result.available_after),
+        available_micro=_available(token, result.available_after),
         call=call,
         log_content=services.content_logging_on(token=token),
     )
@@ -213,6 +222,7 @@ class Outcome:
     channel: str = ""
     failovers: int = 0
     stream: bool = False
+    relayed: bool = False  # a stream's relay started
     finished_at: dt.datetime = field(default_factory=timezone.now)
     # Kept only when the admission logs content.
     response_text: str = ""
@@ -307,6 +317,28 @@ def settle(*, admission: Admission, outcome: Outcome, produced: bool) -> str:
             authorization=admission.authorization, report=report, content=content
         )
     return _credits_remaining(admission.token, result.available_after)
+
+
+def settle_and_release(*, admission: Admission, outcome: Outcome, produced: bool) -> str:
+    """``settle`` after the request's response went out: the database connection goes back
+    to the pool (if there is one) right after, as no ``request_finished`` follows."""
+    try:
+        return settle(admission=admission, outcome=outcome, produced=produced)
+    finally:
+        close_old_connections()
+
+
+def credits_projected(*, admission: Admission, outcome: Outcome) -> str:
+    """X-Credits-Remaining for an answer sent before its capture: the credits available
+    with the hold taken, plus the hold (released by the capture), less this call's cost,
+    as the capture will charge it. Exact unless the wallet moved meanwhile."""
+    report = capture_report(admission=admission, outcome=outcome)
+    authorization = admission.authorization
+    cost = pricing.price_usage(
+        price=authorization.price, usage=report.usage, tier_rate=authorization.tier_rate
+    ).credits_micro
+    available = admission.available_micro + authorization.amount_micro - cost
+    return credits_remaining_header(max(available, 0))
 
 
 # --- The model list -------------------------------------------------------------------

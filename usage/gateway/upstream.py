@@ -22,26 +22,29 @@ from usage.gateway.errors import UpstreamTimeout, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
-_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+_transports: dict[asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport] = {}
 
 
-def client() -> httpx.AsyncClient:
-    """The shared client of the running event loop (an ``AsyncClient`` is bound to the
-    loop it first runs on; uvicorn has one loop per worker process)."""
+def transport() -> httpx.AsyncHTTPTransport:
+    """The shared connection pool of the running event loop (httpx's pool is bound to the
+    loop it first runs on; uvicorn has one loop per worker process).
+
+    Requests go to httpx's transport directly: the client layer on top (cookies, auth
+    flows, redirects, event hooks) is nothing a proxy wants, and costs CPU on every call.
+    """
     loop = asyncio.get_running_loop()
-    shared = _clients.get(loop)
+    shared = _transports.get(loop)
     if shared is None:
-        for old_loop in [old for old in _clients if old.is_closed()]:
-            _clients.pop(old_loop, None)
+        for old_loop in [old for old in _transports if old.is_closed()]:
+            _transports.pop(old_loop, None)
         limit = settings.GATEWAY_MAX_CONNECTIONS
-        shared = httpx.AsyncClient(
+        shared = httpx.AsyncHTTPTransport(
             http1=True,
-            timeout=_timeout(),
+            http2=False,
             limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-            follow_redirects=False,
-            trust_env=False,
+            retries=0,
         )
-        _clients[loop] = shared
+        _transports[loop] = shared
     return shared
 
 
@@ -85,21 +88,26 @@ async def send(
     With ``stream`` the response is returned as soon as its headers arrive (the caller
     relays the body and must close it); otherwise its body is read here.
     """
-    http = client()
-    timeout = _timeout()
+    pool = transport()
+    timeout = {"timeout": _timeout().as_dict()}
     last: Exception | None = None
     failures = 0
     for channel in channels:
         payload = dict(body, model=channel.upstream_model(str(body["model"])))
-        request = http.build_request(
+        request = httpx.Request(
             "POST",
             channel.url(path),
             content=json.dumps(payload, separators=(",", ":")).encode(),
             headers=_headers(channel, stream),
-            timeout=timeout,
+            extensions=timeout,
         )
         try:
-            response = await http.send(request, stream=stream)
+            response = await pool.handle_async_request(request)
+            if not stream:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
         except httpx.TransportError as exc:
             logger.warning("upstream channel %s failed: %s", channel.name, type(exc).__name__)
             last, failures = exc, failures + 1

@@ -33,6 +33,7 @@ from rest_framework.exceptions import APIException
 
 from accounts.authentication import client_ip
 from accounts.middleware import HEADER as CREDITS_REMAINING
+from config import after_response
 from config.errors import ApplicationError
 from usage.gateway import metering, upstream
 from usage.gateway.errors import (
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 _admit = sync_to_async(metering.admit)
 _settle = sync_to_async(metering.settle)
+_settle_and_release = sync_to_async(metering.settle_and_release)
 _model_list = sync_to_async(metering.model_list)
 
 
@@ -136,6 +138,19 @@ async def _failed(
     return error_response(exc, credits_remaining=remaining)
 
 
+async def _settle_after_response(
+    admission: metering.Admission, outcome: metering.Outcome, *, produced: bool
+) -> bool:
+    """Settle once the answer is out (the client does not wait for the capture; the hold
+    already bounds what the call can spend). False when the server cannot defer work: the
+    caller settles before answering."""
+
+    async def work() -> None:
+        await _settle_and_release(admission=admission, outcome=outcome, produced=produced)
+
+    return after_response.defer(work)
+
+
 async def _complete(
     admission: metering.Admission, outcome: metering.Outcome, response: httpx.Response
 ) -> HttpResponse:
@@ -158,7 +173,10 @@ async def _complete(
             calls = [c for m in messages for c in m.get("tool_calls") or ()]
             outcome.tool_calls = calls or None
     outcome.finished_at = timezone.now()
-    remaining = await _settle(admission=admission, outcome=outcome, produced=True)
+    if await _settle_after_response(admission, outcome, produced=True):
+        remaining = metering.credits_projected(admission=admission, outcome=outcome)
+    else:
+        remaining = await _settle(admission=admission, outcome=outcome, produced=True)
     reply = HttpResponse(
         response.content,
         status=response.status_code,
@@ -267,6 +285,16 @@ class MeteredStream(StreamingHttpResponse):
 def _stream_response(
     admission: metering.Admission, outcome: metering.Outcome, answer: upstream.Upstream
 ) -> MeteredStream:
+    async def if_never_relayed() -> None:
+        # The client left before the server began sending the body: the relay never ran.
+        if not outcome.relayed:
+            await answer.response.aclose()
+            outcome.status = UsageRecord.Status.CANCELLED
+            outcome.error = "The client disconnected before the answer was relayed."
+            outcome.finished_at = timezone.now()
+            await _settle_and_release(admission=admission, outcome=outcome, produced=False)
+
+    after_response.defer(if_never_relayed)
     response = MeteredStream(_relay(admission, outcome, answer), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -283,6 +311,7 @@ async def _relay(
     produced."""
     # One character past the limit shows the stored text was cut.
     meter = StreamMeter(keep=settings.CONTENT_LOG_MAX_CHARS + 1 if admission.log_content else 0)
+    outcome.relayed = True
     try:
         async for chunk in answer.response.aiter_bytes():
             meter.feed(chunk)
@@ -301,7 +330,8 @@ async def _relay(
             outcome.response_text, outcome.tool_calls = meter.text, meter.tool_calls
         outcome.finished_at = timezone.now()
         await answer.response.aclose()
-        try:
-            await asyncio.shield(_settle(admission=admission, outcome=outcome, produced=True))
-        except Exception:
-            logger.exception("settling a streamed call failed")
+        if not await _settle_after_response(admission, outcome, produced=True):
+            try:
+                await asyncio.shield(_settle(admission=admission, outcome=outcome, produced=True))
+            except Exception:
+                logger.exception("settling a streamed call failed")
