@@ -181,3 +181,22 @@ def test_redis_gone_the_gateway_keeps_serving_and_charges_exactly(
     assert (wallet.balance, wallet.held) == (10_000_000 - 4 * REPORTED_COST, 0)
     credit(wallet, "1")  # the ledger still takes writes as usual
     assert_ledger_ok(funded_wallet)
+
+
+def test_a_failed_call_keeps_its_prompt_when_logging(
+    make_client: Callable[[str], openai.OpenAI],
+    customer: User,
+    funded_wallet: Wallet,
+    chat_price: ModelPrice,
+    upstream: FakeUpstream,
+) -> None:
+    upstream.mode = "fail500"
+    secret = make_token(customer, scopes=("inference",), log_content=True)[1]
+    with pytest.raises(openai.InternalServerError):
+        make_client(secret).chat.completions.create(model="test-chat", messages=MESSAGES)  # type: ignore[arg-type]
+    (record,) = _records_settled(1)
+    assert (record.status, record.charged_micro) == ("failed", 0)
+    content = _content_of(record)
+    assert content is not None
+    assert json.loads(content.messages) == MESSAGES and content.response == ""
+    assert_ledger_ok(funded_wallet)
