@@ -793,6 +793,7 @@ def authorization_capture(
                 fingerprint=fingerprint,
                 span=(started_at, finished_at),
                 now=now,
+                content=content,
             )
             reference = wallet_services.Ref.to(record)
             try:
@@ -802,13 +803,6 @@ def authorization_capture(
             except HoldExpired:
                 charge = _charge_without_hold(authorization, cost, reference, now)
             _apply_shortfall(record, charge, membership_id=authorization.membership_id)
-            _content_store(
-                record=record,
-                token=authorization._state.fields_cache.get("token"),
-                token_id=authorization.token_id,
-                content=content,
-                now=now,
-            )
     except _AlreadySettled:
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
         return _capture_replay(fresh, fingerprint)
@@ -828,9 +822,11 @@ def _authorization_settle(
     fingerprint: str,
     span: tuple[dt.datetime, dt.datetime],
     now: dt.datetime,
+    content: ContentLog | None = None,
 ) -> UsageRecord:
     """Mark the authorization settled (once: ``_AlreadySettled`` otherwise) and write its
-    usage record. Runs inside the settling transaction."""
+    usage record, and its content when logging is on. Runs inside the settling
+    transaction."""
     started_at, finished_at = span
     if not sql.execute(_SETTLE, [now, authorization.pk]):
         raise _AlreadySettled()
@@ -853,7 +849,11 @@ def _authorization_settle(
             fingerprint=fingerprint,
         ),
     )
-    _cache_token_group(record, authorization._state.fields_cache.get("token"))
+    token = authorization._state.fields_cache.get("token")
+    _cache_token_group(record, token)
+    _content_store(
+        record=record, token=token, token_id=authorization.token_id, content=content, now=now
+    )
     return record
 
 
@@ -936,15 +936,9 @@ def authorization_fail(
                 fingerprint=fingerprint,
                 span=span,
                 now=now,
+                content=content,
             )
             hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
-            _content_store(
-                record=record,
-                token=authorization._state.fields_cache.get("token"),
-                token_id=authorization.token_id,
-                content=content,
-                now=now,
-            )
     except _AlreadySettled:
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
         return _capture_replay(fresh, fingerprint)
