@@ -321,7 +321,10 @@ def staff_usage_charge_correct(
             # before the wallet: the global lock order is token, membership, hold, wallet.
             reversed_micro = -original.amount if original is not None else 0
             account_services.api_token_spend_add(
-                token_id=locked.token_id, amount=(new_charge_micro or 0) - reversed_micro
+                token_id=locked.token_id,
+                amount=(new_charge_micro or 0) - reversed_micro,
+                # Like any charge, a correction counts in the budget period it is made in.
+                now=timezone.now(),
             )
         entries: list[LedgerEntry] = []
         if original is not None and original.amount < 0:

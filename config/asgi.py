@@ -1,18 +1,25 @@
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http import FileResponse, HttpResponseBase
-from django.urls import set_script_prefix
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import FileResponse, HttpRequest, HttpResponseBase
+from django.urls import set_script_prefix, set_urlconf
+
+from config import after_response
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
+
+GATEWAY_PREFIX = "/v1/"
 
 
 class SyncStackASGIHandler(ASGIHandler):
@@ -24,13 +31,19 @@ class SyncStackASGIHandler(ASGIHandler):
     platform's views are synchronous (DRF), so here one hop does it all: the signal, the
     request object, the whole middleware stack and view (``BaseHandler.get_response``), and,
     for an ordinary response, closing it (the request-finished signal); the event loop then
-    only sends the bytes. Streaming responses (exports, the gateway's server-sent events)
-    are sent as Django sends them, watching for the client disconnecting, and closed after.
-    Async views still work: Django calls them through ``async_to_sync`` on the event loop.
+    only sends the bytes. Streaming responses (exports) are sent as Django sends them,
+    watching for the client disconnecting, and closed after.
+
+    The OpenAI-compatible gateway (``/v1/``) is the exception: its views are async and run
+    on the event loop without the middleware stack (see ``get_response_async``), through
+    Django's own request handling.
 
     Each request still gets a thread of its own for its synchronous work (Django's
     ``ThreadSensitiveContext`` per request), but from a pool of idle single-thread
     executors instead of a new thread started and joined for every request.
+
+    Work a view defers with ``config.after_response.defer`` runs once the response is
+    complete, in the request's thread-sensitive context, before its thread is reused.
     """
 
     def __init__(self) -> None:
@@ -39,6 +52,10 @@ class SyncStackASGIHandler(ASGIHandler):
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
+        self._gateway_chain = cast(
+            Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+            convert_exception_to_response(self._gateway_view),
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -49,11 +66,32 @@ class SyncStackASGIHandler(ASGIHandler):
             if self._idle_executors
             else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
         )
+        deferred = after_response.begin()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
+                # The response is complete (the connection may already serve the next
+                # request); finish the request's own bookkeeping in its thread.
+                await after_response.run(deferred)
         finally:
             self._idle_executors.append(executor)
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"].startswith(GATEWAY_PREFIX):
+            await super().handle(scope, receive, send)  # -> get_response_async, on the loop
+            return
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            response = await sync_to_async(self._respond, thread_sensitive=True)(scope, body_file)
+            if not response.streaming:
+                await self.send_response(response, send)
+                return
+            await self._stream(response, receive, send)
+        finally:
+            body_file.close()
 
     def _respond(self, scope: Any, body_file: Any) -> HttpResponseBase:
         """Everything synchronous about one request, in the request's thread."""
@@ -70,20 +108,6 @@ class SyncStackASGIHandler(ASGIHandler):
             response.close()  # the body is in memory; this fires request_finished
         return response
 
-    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
-        try:
-            response = await sync_to_async(self._respond, thread_sensitive=True)(scope, body_file)
-            if not response.streaming:
-                await self.send_response(response, send)
-                return
-            await self._stream(response, receive, send)
-        finally:
-            body_file.close()
-
     async def _stream(self, response: HttpResponseBase, receive: Any, send: Any) -> None:
         """Send a streaming response, stopping it if the client goes away (as Django does)."""
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
@@ -97,6 +121,24 @@ class SyncStackASGIHandler(ASGIHandler):
                     await task
         finally:
             await sync_to_async(response.close, thread_sensitive=True)()
+
+    async def _gateway_view(self, request: HttpRequest) -> HttpResponseBase:
+        match = self.resolve_request(request)
+        response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
+        return response
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """Django's handler calls this for the gateway only (``handle`` serves everything
+        else in one hop). The gateway's async views run on the event loop directly, without
+        the middleware stack: they use no session, cookie, CSRF token or message,
+        authenticate their own bearer tokens, and render every error, and
+        ``X-Credits-Remaining``, themselves."""
+        if not request.path_info.startswith(GATEWAY_PREFIX):
+            return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._gateway_chain(request)
+        cast(Any, response)._resource_closers.append(request.close)
+        return response
 
 
 django.setup(set_prefix=False)  # what get_asgi_application() does before its handler

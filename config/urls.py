@@ -6,8 +6,10 @@ from accounts import views as account_views
 from console import views as console_views
 from referrals import views as referral_views
 
-# Django tries patterns in order: the metering API, the busiest by far, comes first.
+# Django tries patterns in order: the gateway and the metering API, the busiest by far,
+# come first.
 urlpatterns = [
+    path("v1/", include("usage.gateway.urls")),
     path("api/v1/", include("usage.urls")),
     path("", console_views.wallet_page, name="home"),
     path("console/", include("console.urls")),

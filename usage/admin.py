@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from usage import services
-from usage.models import Authorization, ModelPrice, UsageRecord
+from usage import channels, services
+from usage.models import Authorization, ModelPrice, UpstreamChannel, UsageRecord
 from wallet import admin as wallet_admin
 
 _VERSION_FIELDS = (
@@ -132,3 +132,56 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     search_fields = ("request_id", "user__email", "model")
     list_select_related = ("user",)
     raw_id_fields = ("authorization", "wallet", "user", "token", "token_group", "price")
+
+
+class UpstreamChannelForm(forms.ModelForm):
+    """The API key is write-only: the field is always shown empty, and leaving it empty
+    keeps the stored key."""
+
+    base_url = forms.URLField(
+        max_length=300,
+        assume_scheme="https",
+        help_text=UpstreamChannel._meta.get_field("base_url").help_text,
+    )
+    new_api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Never shown again after saving. Leave empty to keep the current key.",
+    )
+
+    class Meta:
+        model = UpstreamChannel
+        fields = ("name", "base_url", "model_map", "priority", "enabled")
+
+
+@admin.register(UpstreamChannel)
+class UpstreamChannelAdmin(admin.ModelAdmin):
+    form = UpstreamChannelForm
+    list_display = ("name", "base_url", "priority", "enabled", "key", "updated_at")
+    list_filter = ("enabled",)
+    search_fields = ("name", "base_url")
+    readonly_fields = ("key", "created_at", "updated_at")
+    fields = (
+        "name",
+        "base_url",
+        "new_api_key",
+        "key",
+        "model_map",
+        "priority",
+        "enabled",
+        "created_at",
+        "updated_at",
+    )
+
+    @admin.display(description="Stored key")
+    def key(self, obj: UpstreamChannel) -> str:
+        if not obj.api_key:
+            return "none"
+        return f"…{obj.api_key_hint}" if obj.api_key_hint else "set"
+
+    def save_model(
+        self, request: HttpRequest, obj: UpstreamChannel, form: Any, change: bool
+    ) -> None:
+        channels.upstream_channel_save(channel=obj, api_key=form.cleaned_data.get("new_api_key"))

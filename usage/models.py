@@ -379,3 +379,64 @@ class UsageRollupState(models.Model):
 
     def __str__(self) -> str:
         return f"Usage rolled up through {self.complete_through}"
+
+
+class UsageContent(models.Model):
+    """What a request said and answered, kept only when its token or organization logs
+    content (``log_content``), each part cut to ``CONTENT_LOG_MAX_CHARS`` characters.
+
+    A table of its own, one row per logged record: records stay lean, and the retention
+    purge (``usage.tasks.usage_content_purge``) is a plain delete by ``created_at``.
+    """
+
+    record = models.OneToOneField(
+        UsageRecord, on_delete=models.CASCADE, primary_key=True, related_name="content"
+    )
+    system = models.TextField(blank=True, help_text="The system message(s).")
+    messages = models.TextField(blank=True, help_text="The prompt messages, as JSON.")
+    tools = models.TextField(blank=True, help_text="The tool definitions, as JSON.")
+    tool_calls = models.TextField(blank=True, help_text="The tool calls made, as JSON.")
+    response = models.TextField(blank=True, help_text="The response text.")
+    context_bytes = models.BigIntegerField(
+        default=0, help_text="Size of the request's context (system, messages, tools), UTF-8."
+    )
+    truncated = models.BooleanField(default=False, help_text="A part was cut to the limit.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"Content of usage {self.record_id}"
+
+
+class UpstreamChannel(models.Model):
+    """An OpenAI-compatible upstream the gateway forwards calls to. Enabled channels are
+    tried by ``priority`` (highest first); the next one is tried when a channel cannot be
+    reached or answers 5xx before anything was sent to the client.
+
+    ``api_key`` is write-only: the admin never displays it (only ``api_key_hint``, its last
+    four characters) and nothing logs it.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    base_url = models.URLField(
+        max_length=300,
+        default="https://openrouter.ai/api/v1",
+        help_text="The OpenAI-compatible API root, e.g. https://openrouter.ai/api/v1.",
+    )
+    api_key = models.CharField(max_length=500, blank=True)
+    api_key_hint = models.CharField(max_length=8, blank=True, editable=False)
+    model_map = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Our model id to the upstream\'s, e.g. {"gpt-4o-mini": "openai/gpt-4o-mini"}; '
+        "models not listed are sent unchanged.",
+    )
+    priority = models.IntegerField(default=0, help_text="Higher is tried first.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-priority", "id"]
+
+    def __str__(self) -> str:
+        return self.name

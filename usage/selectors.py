@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from config import sql
 from usage.errors import AuthorizationNotFound, UnknownModel, UsageRecordNotFound
-from usage.models import Authorization, ModelPrice, UsageRecord
+from usage.models import Authorization, ModelPrice, UsageContent, UsageRecord
+from wallet import selectors as wallet_selectors
 from wallet.models import Hold
 
 # The hot-path reads are plain SQL (see config/sql.py); the index
@@ -203,3 +204,43 @@ def usage_margin_report(*, since: dt.date, until: dt.date) -> list[MarginRow]:
             )
         )
     return result
+
+
+def usage_content_get(*, record: UsageRecord) -> UsageContent | None:
+    """The content logged with ``record`` (None when logging was off, or it was purged)."""
+    return UsageContent.objects.filter(record=record).first()
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A token's periodic budget, as shown on the token: used / limit / resets at."""
+
+    period: str
+    limit_micro: int
+    used_micro: int  # charged in this period
+    in_flight_micro: int  # held by requests still running
+    available_micro: int
+    period_start: dt.date
+    resets_at: dt.datetime
+
+
+def token_budget_status(*, token: Any, now: dt.datetime | None = None) -> BudgetStatus | None:
+    """The budget of ``token`` for the current UTC period, or None if it has none."""
+    from accounts import services as account_services  # the budget's calendar lives there
+
+    if token.budget_micro is None or not token.budget_period:
+        return None
+    now = now or timezone.now()
+    start, resets_at = account_services.budget_period_bounds(token.budget_period, now)
+    used = account_services.api_token_budget_spent(token=token, now=now)
+    open_holds = Authorization.objects.filter(token_id=token.pk, settled_at__isnull=True)
+    in_flight = wallet_selectors.hold_total_active(hold_ids=open_holds.values("hold_id"))
+    return BudgetStatus(
+        period=token.budget_period,
+        limit_micro=token.budget_micro,
+        used_micro=used,
+        in_flight_micro=in_flight,
+        available_micro=max(token.budget_micro - used - in_flight, 0),
+        period_start=start,
+        resets_at=resets_at,
+    )

@@ -21,3 +21,10 @@ def usage_rollup_daily(days: list[str] | None = None) -> int:
     if days:
         return rollups.usage_rollup_days(days=[dt.date.fromisoformat(d) for d in days])
     return len(rollups.usage_rollup_catch_up())
+
+
+@shared_task(time_limit=600, soft_time_limit=540)
+def usage_content_purge() -> int:
+    """Delete logged request content past ``CONTENT_RETENTION_DAYS`` (idempotent, safe to
+    run concurrently: each batch deletes what is still there)."""
+    return services.usage_content_purge()

@@ -1022,3 +1022,15 @@ def wallet_set_low_balance_threshold(*, wallet: Wallet, threshold_micro: int | N
     Wallet.objects.filter(pk=wallet.pk).update(low_balance_threshold_micro=threshold_micro)
     wallet.low_balance_threshold_micro = threshold_micro
     return wallet
+
+
+def wallet_set_min_balance(*, wallet: Wallet, min_balance_micro: int | None) -> Wallet:
+    """The wallet's own minimum available balance to start a request (``None``: the site
+    default, ``METERING_MIN_BALANCE_CREDITS``)."""
+    if min_balance_micro is not None:
+        min_balance_micro = money.validate_micro(
+            min_balance_micro, allow_zero=True, field="min_balance"
+        )
+    Wallet.objects.filter(pk=wallet.pk).update(min_balance_micro=min_balance_micro)
+    wallet.min_balance_micro = min_balance_micro
+    return wallet

@@ -367,3 +367,30 @@ CELERY_BEAT_SCHEDULE["usage-rollup-daily"] = {
     "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=900.0),
 }
 CONSOLE_PAGE_SIZE = env.int("CONSOLE_PAGE_SIZE", default=50)
+# --- Spend controls and content logging (usage) ---------------------------------------
+# Fewer available credits than this and no request may start (limit_source
+# minimum_balance); each wallet may override it. Empty: the credit value of $0.10.
+METERING_MIN_BALANCE_CREDITS = env("METERING_MIN_BALANCE_CREDITS", default="")
+# Redis for the per-token requests/tokens-per-minute limits; empty: the cache's Redis.
+# If it cannot be reached the limits fail open (logged); budgets and balances never do.
+RATE_LIMIT_REDIS_URL = env("RATE_LIMIT_REDIS_URL", default="")
+# Opt-in content logging: each logged part is cut to this many characters, and logged
+# content is deleted this many days after its request.
+CONTENT_LOG_MAX_CHARS = env.int("CONTENT_LOG_MAX_CHARS", default=20_000)
+CONTENT_RETENTION_DAYS = env.int("CONTENT_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["usage-content-purge"] = {
+    "task": "usage.tasks.usage_content_purge",
+    "schedule": 3600.0,
+}
+
+# --- OpenAI-compatible gateway (/v1/...) ---------------------------------------------------
+# With no enabled upstream channel in the admin, these form the default channel.
+UPSTREAM_BASE_URL = env("UPSTREAM_BASE_URL", default="https://openrouter.ai/api/v1")
+UPSTREAM_API_KEY = env("UPSTREAM_API_KEY", default="")
+# Seconds to open a connection to an upstream, and to wait for its next bytes.
+GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=5.0)
+GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
+# Pooled keep-alive connections to the upstreams, per web process.
+GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)
+# Seconds each process keeps the channel list (an admin edit takes effect within this).
+GATEWAY_CHANNEL_CACHE_SECONDS = env.float("GATEWAY_CHANNEL_CACHE_SECONDS", default=5.0)

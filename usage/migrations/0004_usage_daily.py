@@ -29,7 +29,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0004_alerts'),
-        ('usage', '0001_metering'),
+        ('usage', '0003_usagecontent'),
         ('wallet', '0004_functions_v2'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -1,0 +1,113 @@
+"""Upstream channels of the OpenAI-compatible gateway: the writes (staff, through the admin)
+and the one read the gateway makes per request.
+
+An API key is write-only: it is stored to be sent upstream, but never displayed again (only
+its last four characters, ``api_key_hint``) and never logged; ``Channel.__repr__`` hides it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.utils import timezone
+
+from config.errors import ValidationFailed
+from usage.models import UpstreamChannel
+
+
+class InvalidChannel(ValidationFailed):
+    code = "invalid_channel"
+    default_message = "The upstream channel is not valid."
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What the gateway needs of a channel, detached from the ORM (it crosses to the event
+    loop)."""
+
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    model_map: dict[str, str] = field(default_factory=dict)
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_map.get(model, model)
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+
+def _clean_base_url(value: str) -> str:
+    url = (value or "").strip()
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidChannel("The base URL must be an http(s) URL.", field="base_url")
+    return url.rstrip("/")
+
+
+def _clean_model_map(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k.strip() and v.strip()
+        for k, v in value.items()
+    ):
+        raise InvalidChannel(
+            "The model mapping must be a JSON object of model id to upstream model id.",
+            field="model_map",
+        )
+    return {k.strip(): v.strip() for k, v in value.items()}
+
+
+def upstream_channel_save(
+    *, channel: UpstreamChannel, api_key: str | None = None
+) -> UpstreamChannel:
+    """Validate and save ``channel``. ``api_key`` replaces the stored key when given (None
+    or "" keeps it); only its last four characters are kept for display."""
+    channel.name = (channel.name or "").strip()
+    if not channel.name:
+        raise InvalidChannel("A channel needs a name.", field="name")
+    channel.base_url = _clean_base_url(channel.base_url)
+    channel.model_map = _clean_model_map(channel.model_map)
+    if api_key:
+        key = api_key.strip()
+        channel.api_key = key
+        channel.api_key_hint = key[-4:] if len(key) >= 8 else ""
+    channel.updated_at = timezone.now()
+    channel.save()
+    global _cache
+    _cache = None  # this process sees the change at once; the others within the TTL
+    return channel
+
+
+_cache: tuple[float, list[Channel]] | None = None
+
+
+def channel_list_for_gateway() -> list[Channel]:
+    """The channels to try, in order: the enabled ones by priority, or, with none enabled,
+    the default channel from ``UPSTREAM_BASE_URL`` / ``UPSTREAM_API_KEY``.
+
+    Kept for ``GATEWAY_CHANNEL_CACHE_SECONDS`` in each process (a query less per call):
+    an edit in the admin reaches every process within that time."""
+    global _cache
+    ttl = settings.GATEWAY_CHANNEL_CACHE_SECONDS
+    now = time.monotonic()
+    if ttl > 0 and _cache is not None and now - _cache[0] < ttl:
+        return _cache[1]
+    channels = _channel_list()
+    _cache = (now, channels)
+    return channels
+
+
+def _channel_list() -> list[Channel]:
+    rows = UpstreamChannel.objects.filter(enabled=True).values_list(
+        "name", "base_url", "api_key", "model_map"
+    )
+    channels = [Channel(name, url, key, dict(mapping or {})) for name, url, key, mapping in rows]
+    if channels:
+        return channels
+    return [Channel("default", settings.UPSTREAM_BASE_URL, settings.UPSTREAM_API_KEY)]
