@@ -128,6 +128,30 @@ class TokenCreateForm(forms.Form):
         initial=[ApiToken.Scope.INFERENCE],
         label="Scopes",
     )
+    budget_period = forms.ChoiceField(
+        choices=ApiToken.BudgetPeriod.choices,
+        required=False,
+        label="Budget period",
+        help_text="Calendar periods in UTC; the budget starts again on its own.",
+    )
+    budget = forms.CharField(max_length=30, required=False, label="Budget per period (credits)")
+    rate_limit_rpm = forms.IntegerField(
+        required=False, min_value=1, label="Requests per minute", help_text="Empty: no limit."
+    )
+    rate_limit_tpm = forms.IntegerField(
+        required=False, min_value=1, label="Tokens per minute", help_text="Empty: no limit."
+    )
+    log_content = forms.BooleanField(
+        required=False,
+        label="Keep prompts and responses",
+        help_text="Off by default. Kept for the retention period, then deleted.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if bool(data.get("budget_period")) != bool(data.get("budget")):
+            raise forms.ValidationError("A budget needs both a period and an amount.")
+        return data
 
     def __init__(
         self, data: Any = None, *, groups: list[Any], organizations: list[Any], **kwargs: Any

@@ -406,6 +406,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
             token,
             account_selectors.api_token_quota_left(token=token),
             usage.get(token.pk, consumption.Sums()).requests,
+            usage_selectors.token_budget_status(token=token),
         )
         for token in own
     ]
@@ -441,6 +442,11 @@ def _token_create(request: HttpRequest, form: forms.TokenCreateForm) -> tuple[Ap
         expires_at=form.expires_at,
         allowed_models=form.model_rules,
         allowed_ips=form.ip_rules,
+        budget_period=data.get("budget_period") or "",
+        budget_credits=data.get("budget") or None,
+        rate_limit_rpm=data.get("rate_limit_rpm"),
+        rate_limit_tpm=data.get("rate_limit_tpm"),
+        log_content=bool(data.get("log_content")),
     )
 
 

@@ -5,7 +5,7 @@ from django import template
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from usage.pricing import breakdown_from_record
+from usage.pricing import ROUNDING, breakdown_formula, breakdown_from_record
 from wallet import money
 
 register = template.Library()
@@ -48,6 +48,7 @@ def price_factors(record: Any) -> SafeString:
             f"{money.format_credits(record.shortfall_micro)} not covered by the balance)"
         )
     pairs = [
+        ("Price version", f"#{b.price_id} ({b.model})"),
         (
             "Prices (USD per million tokens)",
             f"input {plain(b.input_usd_per_mtok)} · cached input "
@@ -63,15 +64,17 @@ def price_factors(record: Any) -> SafeString:
         ("Credits per USD", f"{TIMES} {plain(b.credits_per_usd)}"),
         ("Tier rate", f"{TIMES} {tier}"),
         ("Cost", cost),
+        ("Rounding", ROUNDING),
     ]
     return format_html(
         "<table class='factors'><caption class='sr-only'>Every factor of the price of request "
         "{}</caption><thead><tr><th scope='col'>Item</th><th scope='col' class='num'>Quantity"
         "</th><th scope='col' class='num'>USD each</th><th scope='col' class='num'>USD</th>"
         "</tr></thead><tbody>{}</tbody></table><dl class='pairs small'>{}</dl>"
-        "<p class='formula'>{}</p>",
+        "<p class='formula'>{}</p><p class='formula small mono'>{}</p>",
         record.request_id,
         lines,
         format_html_join("", "<dt>{}</dt><dd>{}</dd>", pairs),
         b.formula,
+        breakdown_formula(b),  # the same as GET /api/v1/usage/{id} gives
     )

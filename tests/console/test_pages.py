@@ -4,10 +4,12 @@ words, and the forms' effects."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiToken, Membership, User
@@ -79,6 +81,16 @@ def test_a_usage_row_shows_every_factor_of_its_price(user, used) -> None:
     page = browser(user).get(f"/console/usage/{used['chat'].pk}/").content.decode()
     for factor in ("Uncached input tokens", "Markup", "Credits per USD", "Tier rate", "x 1 tier"):
         assert factor in page
+    # The same breakdown as the API's: price version, rounding and the filled-in formula.
+    from django.utils.html import escape
+
+    from usage.api import breakdown_payload
+
+    api = breakdown_payload(used["chat"])
+    assert f"#{api['price_id']} (test-chat)" in page
+    assert escape(api["rounding"]) in page
+    assert escape(api["formula"]) in page
+    assert f"= {api['cost_micro']} µcr" in api["formula"]
 
 
 def test_a_token_with_a_bad_ip_rule_is_refused_in_words(user) -> None:
@@ -196,7 +208,7 @@ def test_the_tokens_page_shows_requests_used_and_quota_left_per_token(user, pric
     response = browser(user).get("/console/tokens/")
     token.refresh_from_db()
     (row,) = response.context["rows"]
-    assert row == (token, micro("5") - token.used_micro, 2)
+    assert row == (token, micro("5") - token.used_micro, 2, None)  # None: no periodic budget
     assert 'data-testid="token-requests">2<' in response.content.decode()
 
 
@@ -214,3 +226,41 @@ def test_a_bank_transfer_order_shows_how_to_pay(user) -> None:
     bills = client.get("/console/bills/", {"payment_method": "card"}).content.decode()
     assert order.order_no not in bills
     assert order.order_no in client.get("/console/bills/").content.decode()
+
+
+def test_a_token_with_a_budget_and_limits_shows_used_limit_and_reset(user) -> None:
+    client = browser(user)
+    response = client.post(
+        "/console/tokens/",
+        {
+            "name": "capped",
+            "scopes": ["inference"],
+            "budget_period": "daily",
+            "budget": "5",
+            "rate_limit_rpm": "60",
+            "rate_limit_tpm": "10000",
+            "log_content": "on",
+        },
+    )
+    assert response.status_code == 302
+    token = ApiToken.objects.get(user=user, name="capped")
+    assert (token.budget_period, token.budget_micro) == ("daily", micro("5"))
+    assert (token.rate_limit_rpm, token.rate_limit_tpm, token.log_content) == (60, 10000, True)
+    page = client.get("/console/tokens/").content.decode()
+    import re
+
+    cell = re.search(r'data-testid="token-budget">(.*?)</td>', page, re.S)
+    assert cell is not None
+    text = re.sub(r"<[^>]+>", "", cell.group(1))
+    tomorrow = (timezone.now() + dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    assert text.startswith("0.00 of 5.00 daily; resets " + tomorrow + " 00:00 UTC"), text
+    assert "60 req/min" in page and "10000 tokens/min" in page
+
+
+def test_a_budget_needs_a_period_and_an_amount(user) -> None:
+    response = browser(user).post(
+        "/console/tokens/", {"name": "half", "scopes": ["inference"], "budget": "5"}
+    )
+    assert response.status_code == 400
+    assert "A budget needs both a period and an amount." in response.content.decode()
+    assert not ApiToken.objects.filter(user=user).exists()
