@@ -71,7 +71,7 @@ def price_factors(record: Any) -> SafeString:
         "{}</caption><thead><tr><th scope='col'>Item</th><th scope='col' class='num'>Quantity"
         "</th><th scope='col' class='num'>USD each</th><th scope='col' class='num'>USD</th>"
         "</tr></thead><tbody>{}</tbody></table><dl class='pairs small'>{}</dl>"
-        "<p class='formula'>{}</p><p class='formula small mono'>{}</p>",
+        "<p class='formula'>{}</p><p class='formula-full small mono'>{}</p>",
         record.request_id,
         lines,
         format_html_join("", "<dt>{}</dt><dd>{}</dd>", pairs),
