@@ -104,7 +104,28 @@ class TokenGroupAdmin(admin.ModelAdmin):
 class ApiTokenForm(forms.ModelForm):
     class Meta:
         model = ApiToken
-        fields = ("name", "group", "quota_micro", "expires_at", "allowed_models", "allowed_ips")
+        fields = (
+            "name",
+            "group",
+            "quota_micro",
+            "expires_at",
+            "allowed_models",
+            "allowed_ips",
+            "budget_period",
+            "budget_micro",
+            "rate_limit_rpm",
+            "rate_limit_tpm",
+            "log_content",
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        budget = data.get("budget_micro")
+        if budget is not None and budget < 0:
+            self.add_error("budget_micro", "The budget cannot be negative.")
+        if bool(data.get("budget_period")) != (budget is not None):
+            self.add_error("budget_micro", "A periodic budget needs both a period and an amount.")
+        return data
 
     def clean_quota_micro(self) -> int | None:
         quota = self.cleaned_data.get("quota_micro")
@@ -154,6 +175,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "scopes",
         "status",
         "used_micro",
+        "budget_status",
         "last_used_at",
         "created_at",
         "revoked_at",
@@ -178,6 +200,29 @@ class ApiTokenAdmin(admin.ModelAdmin):
             expires_at=data.get("expires_at"),
             allowed_models=data.get("allowed_models") or [],
             allowed_ips=data.get("allowed_ips") or [],
+            budget_period=data.get("budget_period") or "",
+            budget_credits=(
+                None
+                if data.get("budget_micro") is None
+                else money.micro_to_credits(data["budget_micro"])
+            ),
+            rate_limit_rpm=data.get("rate_limit_rpm"),
+            rate_limit_tpm=data.get("rate_limit_tpm"),
+            log_content=bool(data.get("log_content")),
+        )
+
+    @admin.display(description="Budget this period")
+    def budget_status(self, token: ApiToken) -> str:
+        from usage.selectors import token_budget_status  # usage depends on accounts
+
+        budget = token_budget_status(token=token) if token.pk else None
+        if budget is None:
+            return "No periodic budget"
+        return (
+            f"{money.format_credits(budget.used_micro)} used "
+            f"(+{money.format_credits(budget.in_flight_micro)} in flight) of "
+            f"{money.format_credits(budget.limit_micro)} credits, {budget.period}; "
+            f"resets {budget.resets_at:%Y-%m-%d %H:%M} UTC"
         )
 
     @admin.action(description="Revoke the selected tokens")

@@ -62,6 +62,11 @@ class InvalidQuota(ApplicationError):
     default_message = "The quota must be a non-negative number of credits."
 
 
+class InvalidLimit(ApplicationError):
+    code = "invalid_limit"
+    default_message = "The budget or rate limit is not valid."
+
+
 class InvalidTokenName(ApplicationError):
     code = "invalid_token_name"
     default_message = "A token needs a name of at most 100 characters."

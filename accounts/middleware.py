@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.contrib.messages.middleware import MessageMiddleware
 from django.http import HttpRequest, HttpResponseBase
 
 from accounts.models import ApiToken
@@ -41,3 +42,17 @@ class CreditsRemainingMiddleware:
         if isinstance(token, ApiToken) and HEADER not in response:
             response[HEADER] = credits_remaining(token)
         return response
+
+
+# Paths served to API clients (the metering and account API, the OpenAI-compatible gateway).
+API_PATH_PREFIXES = ("/api/", "/v1/")
+
+
+class PageMessageMiddleware(MessageMiddleware):
+    """Django's messages, for pages only: API responses never show messages, and setting up
+    the storage (a signed cookie reader) on every metering call is a measurable share of its
+    server time. Messages queued by a page are kept for the next page either way."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        if not request.path_info.startswith(API_PATH_PREFIXES):
+            super().process_request(request)

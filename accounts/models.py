@@ -95,6 +95,18 @@ class Organization(models.Model):
     created_by = models.ForeignKey(
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The pool's monthly budget, for spend alerts (alerts.services): owners and admins are
+    # warned when the members together have spent ORG_SPEND_ALERT_PERCENT of it this month.
+    monthly_spend_limit_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Monthly budget of the pool in micro-credits, for spend alerts. Empty: none.",
+    )
+    log_content = models.BooleanField(
+        default=False,
+        help_text="Keep the prompts and responses of every request made with the "
+        "organization's tokens (for CONTENT_RETENTION_DAYS).",
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -220,6 +232,12 @@ class ApiToken(models.Model):
         ACTIVE = "active", "Active"
         REVOKED = "revoked", "Revoked"
 
+    class BudgetPeriod(models.TextChoices):
+        NONE = "", "No periodic budget"
+        DAILY = "daily", "Daily"
+        WEEKLY = "weekly", "Weekly (from Monday)"
+        MONTHLY = "monthly", "Monthly"
+
     user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="api_tokens")
     wallet = models.ForeignKey(
         "wallet.Wallet", on_delete=models.PROTECT, related_name="+", db_index=False
@@ -245,6 +263,31 @@ class ApiToken(models.Model):
         "(still limited by the wallet's balance).",
     )
     used_micro = models.BigIntegerField(default=0, help_text="Micro-credits charged so far.")
+    # A budget per calendar period (UTC), besides the lifetime quota. What was charged in
+    # the period that starts on ``budget_period_start`` is ``budget_spent_micro``; both are
+    # written only by usage capture, under this row's lock, and start again with a new period.
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, blank=True, default=BudgetPeriod.NONE
+    )
+    budget_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most this token may spend per budget period, in micro-credits; empty = "
+        "no periodic budget.",
+    )
+    budget_period_start = models.DateField(null=True, blank=True)
+    budget_spent_micro = models.BigIntegerField(default=0)
+    rate_limit_rpm = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Model requests per minute; empty = no limit."
+    )
+    rate_limit_tpm = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per minute (estimated at authorization)."
+    )
+    log_content = models.BooleanField(
+        default=False,
+        help_text="Keep the prompts and responses of this token's requests "
+        "(for CONTENT_RETENTION_DAYS).",
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model ids or patterns; empty = the group's models."
@@ -270,10 +313,23 @@ class ApiToken(models.Model):
                 condition=models.Q(used_micro__gte=0), name="api_token_used_non_negative"
             ),
             models.CheckConstraint(
+                condition=(models.Q(budget_micro__isnull=True) & models.Q(budget_period=""))
+                | (models.Q(budget_micro__gte=0) & ~models.Q(budget_period="")),
+                name="api_token_budget_has_period",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(budget_spent_micro__gte=0),
+                name="api_token_budget_spent_non_negative",
+            ),
+            models.CheckConstraint(
                 condition=models.Q(membership__isnull=True) | models.Q(organization__isnull=False),
                 name="api_token_membership_needs_organization",
             ),
         ]
+
+    # Not a column: ``(wallet.min_balance_micro,)`` when the authentication query read it
+    # along with the token, so the metering checks need not read the wallet again.
+    wallet_min_balance: tuple[int | None] | None = None
 
     def __str__(self) -> str:
         return f"{self.name} (sk-live-{self.prefix}-…)"

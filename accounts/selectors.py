@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from accounts.models import Membership, Organization, User, normalize_email
+from accounts.models import ApiToken, Membership, Organization, TokenGroup, User, normalize_email
 
 
 def user_get_by_email(*, email: str) -> User | None:
@@ -19,3 +19,32 @@ def membership_get(*, organization: Organization, user: User) -> Membership | No
 
 def membership_list(*, organization: Organization) -> QuerySet[Membership]:
     return organization.memberships.select_related("user").order_by("role", "user__email")
+
+
+def api_token_list_for_user(*, user: User) -> QuerySet[ApiToken]:
+    """The user's own tokens (personal and on organization pools), newest first."""
+    return (
+        ApiToken.objects.filter(user=user)
+        .select_related("group", "organization")
+        .order_by("status", "-created_at", "-id")
+    )
+
+
+def api_token_get_for_user(*, user: User, token_id: int) -> ApiToken | None:
+    return ApiToken.objects.filter(user=user, pk=token_id).first()
+
+
+def token_group_list() -> QuerySet[TokenGroup]:
+    return TokenGroup.objects.select_related("tier").order_by("-is_default", "name")
+
+
+def organization_get_for_user(*, user: User, slug: str) -> Organization | None:
+    """An organization ``user`` belongs to; anyone else's is ``None`` (same as missing)."""
+    return Organization.objects.filter(slug=slug, memberships__user=user).first()
+
+
+def api_token_quota_left(*, token: ApiToken) -> int | None:
+    """µcr the token may still spend under its quota; ``None`` when it has no quota."""
+    if token.quota_micro is None:
+        return None
+    return max(token.quota_micro - token.used_micro, 0)

@@ -21,6 +21,7 @@ from accounts.errors import (
     EmailTaken,
     InvalidCountry,
     InvalidIpRule,
+    InvalidLimit,
     InvalidModelRule,
     InvalidQuota,
     InvalidScopes,
@@ -299,6 +300,37 @@ def _clean_quota(quota_credits: object) -> int | None:
         raise InvalidQuota(quota=str(quota_credits)) from exc
 
 
+def _clean_budget(period: str, budget_credits: object) -> tuple[str, int | None]:
+    """A periodic budget is a period and an amount, both or neither."""
+    period = (period or "").strip().lower()
+    if period not in ApiToken.BudgetPeriod.values:
+        raise InvalidLimit(
+            "The budget period is daily, weekly or monthly.", field="budget_period", value=period
+        )
+    if budget_credits is None or budget_credits == "":
+        if period:
+            raise InvalidLimit("A budget period needs a budget.", field="budget")
+        return "", None
+    if not period:
+        raise InvalidLimit("A budget needs a period (daily, weekly, monthly).", field="budget")
+    try:
+        return period, money.credits_to_micro(budget_credits, allow_zero=True, field="budget")
+    except InvalidAmount as exc:
+        raise InvalidLimit(exc.message, field="budget", value=str(budget_credits)) from exc
+
+
+_MAX_RATE = {"rate_limit_rpm": 1_000_000_000, "rate_limit_tpm": 10**15}
+
+
+def _clean_rate(value: object, field: str) -> int | None:
+    if value is None or value == "":
+        return None
+    highest = _MAX_RATE[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+        raise InvalidLimit(f"{field} is a whole number from 1 to {highest}, or empty.", field=field)
+    return value
+
+
 def _clean_name(name: str) -> str:
     name = (name or "").strip()
     if not name or len(name) > 100:
@@ -318,12 +350,21 @@ def api_token_create(
     expires_at: dt.datetime | None = None,
     allowed_models: Iterable[str] = (),
     allowed_ips: Iterable[str] = (),
+    budget_period: str = "",
+    budget_credits: object = None,
+    rate_limit_rpm: int | None = None,
+    rate_limit_tpm: int | None = None,
+    log_content: bool = False,
     now: dt.datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token and return it with its secret, which is never stored or shown again.
 
     The token spends from ``user``'s wallet, or from ``organization``'s pool when given
     (``user`` must be a member; the membership's monthly spend limit then applies too).
+    ``budget_period`` (daily, weekly, monthly: UTC calendar periods) and
+    ``budget_credits`` cap what it may spend per period; ``rate_limit_rpm`` /
+    ``rate_limit_tpm`` cap its requests and tokens per minute; ``log_content`` keeps its
+    prompts and responses.
     """
     now = now or timezone.now()
     if expires_at is not None and expires_at <= now:
@@ -348,8 +389,12 @@ def api_token_create(
         "expires_at": expires_at,
         "allowed_models": _clean_models(allowed_models),
         "allowed_ips": _clean_ips(allowed_ips),
+        "rate_limit_rpm": _clean_rate(rate_limit_rpm, "rate_limit_rpm"),
+        "rate_limit_tpm": _clean_rate(rate_limit_tpm, "rate_limit_tpm"),
+        "log_content": bool(log_content),
         "created_at": now,
     }
+    fields["budget_period"], fields["budget_micro"] = _clean_budget(budget_period, budget_credits)
     for _attempt in range(5):  # a 48-bit prefix collides about never; the index decides
         secret = tokens.new_secret()
         try:
@@ -377,9 +422,16 @@ def api_token_update(
     expires_at: dt.datetime | None = _UNCHANGED,
     allowed_models: Iterable[str] = _UNCHANGED,
     allowed_ips: Iterable[str] = _UNCHANGED,
+    budget_period: str = _UNCHANGED,
+    budget_credits: object = _UNCHANGED,
+    rate_limit_rpm: int | None = _UNCHANGED,
+    rate_limit_tpm: int | None = _UNCHANGED,
+    log_content: bool = _UNCHANGED,
 ) -> ApiToken:
-    """Change a token's settings (``quota_credits=None`` removes the quota). The secret and
-    the wallet cannot change: rotate or create another token for that."""
+    """Change a token's settings (``quota_credits=None`` removes the quota, and
+    ``budget_period=""`` with ``budget_credits=None`` the periodic budget). The secret and
+    the wallet cannot change: rotate or create another token for that. What was spent in
+    the current period is kept when the budget changes."""
     locked = ApiToken.objects.select_for_update().get(pk=token.pk)
     changes: dict[str, Any] = {}
     if name is not _UNCHANGED:
@@ -396,6 +448,20 @@ def api_token_update(
         changes["allowed_models"] = _clean_models(allowed_models)
     if allowed_ips is not _UNCHANGED:
         changes["allowed_ips"] = _clean_ips(allowed_ips)
+    if budget_period is not _UNCHANGED or budget_credits is not _UNCHANGED:
+        period = locked.budget_period if budget_period is _UNCHANGED else budget_period
+        amount: object = budget_credits
+        if budget_credits is _UNCHANGED:
+            amount = (
+                None if locked.budget_micro is None else money.micro_to_credits(locked.budget_micro)
+            )
+        changes["budget_period"], changes["budget_micro"] = _clean_budget(period, amount)
+    if rate_limit_rpm is not _UNCHANGED:
+        changes["rate_limit_rpm"] = _clean_rate(rate_limit_rpm, "rate_limit_rpm")
+    if rate_limit_tpm is not _UNCHANGED:
+        changes["rate_limit_tpm"] = _clean_rate(rate_limit_tpm, "rate_limit_tpm")
+    if log_content is not _UNCHANGED:
+        changes["log_content"] = bool(log_content)
     for field, value in changes.items():
         setattr(locked, field, value)
     if changes:
@@ -468,12 +534,13 @@ def api_token_ip_allowed(*, token: ApiToken, client_ip: str) -> bool:
 _TOKEN_BY_PREFIX = (
     f"SELECT {sql.columns(ApiToken, 't')}, {sql.columns(User, 'u')}, "  # noqa: S608
     f"{sql.columns(TokenGroup, 'g')}, {sql.columns(BillingTier, 'b')}, "
-    f"{sql.columns(Membership, 'm')} "
+    f'{sql.columns(Membership, "m")}, w."min_balance_micro" '
     'FROM "accounts_apitoken" t '
     'JOIN "accounts_user" u ON u."id" = t."user_id" '
     'JOIN "accounts_tokengroup" g ON g."id" = t."group_id" '
     'JOIN "accounts_billingtier" b ON b."id" = g."tier_id" '
     'LEFT JOIN "accounts_membership" m ON m."id" = t."membership_id" '
+    'JOIN "wallet_wallet" w ON w."id" = t."wallet_id" '
     'WHERE t."prefix" = %s'
 )
 
@@ -485,8 +552,9 @@ _TOUCH = (
 
 
 def _token_by_prefix(prefix: str) -> ApiToken | None:
-    """The token with its owner, group, tier and membership, in one indexed query (the
-    equivalent of ``select_related``, without compiling a query on every request)."""
+    """The token with its owner, group, tier, membership and its wallet's minimum balance,
+    in one indexed query (the equivalent of ``select_related``, without compiling a query
+    on every request)."""
     row = sql.fetch_one(_TOKEN_BY_PREFIX, [prefix])
     if row is None:
         return None
@@ -500,7 +568,10 @@ def _token_by_prefix(prefix: str) -> ApiToken | None:
     group._state.fields_cache["tier"] = sql.from_row(BillingTier, row, at)
     at += sql.width(BillingTier)
     membership = sql.from_row(Membership, row, at) if row[at] is not None else None
+    at += sql.width(Membership)
     token._state.fields_cache.update(user=user, group=group, membership=membership)
+    # The wallet's own minimum balance, read here so authorizing reads no more rows.
+    token.wallet_min_balance = (row[at],)
     return token
 
 
@@ -551,17 +622,69 @@ def membership_lock(*, membership_id: int) -> Membership:
     return Membership.objects.select_for_update().get(pk=membership_id)
 
 
-_SPEND_ADD = 'UPDATE "accounts_apitoken" SET "used_micro" = "used_micro" + %s WHERE "id" = %s'
+# The periodic budget's count starts again when a charge falls in a later period than
+# the one counted; a charge dated in an earlier period counts in the current one.
+_SPEND_ADD = (
+    'UPDATE "accounts_apitoken" SET "used_micro" = "used_micro" + %s, '
+    '"budget_spent_micro" = CASE WHEN "budget_period" = \'\' THEN 0 '
+    'WHEN "budget_period_start" IS NULL OR "budget_period_start" < (CASE "budget_period" '
+    "WHEN 'daily' THEN %s WHEN 'weekly' THEN %s ELSE %s END) THEN %s "
+    'ELSE "budget_spent_micro" + %s END, '
+    '"budget_period_start" = CASE WHEN "budget_period" = \'\' THEN NULL '
+    'WHEN "budget_period_start" IS NULL OR "budget_period_start" < (CASE "budget_period" '
+    "WHEN 'daily' THEN %s WHEN 'weekly' THEN %s ELSE %s END) THEN (CASE \"budget_period\" "
+    "WHEN 'daily' THEN %s WHEN 'weekly' THEN %s ELSE %s END) "
+    'ELSE "budget_period_start" END '
+    'WHERE "id" = %s'
+)
 _MEMBER_SPEND_ADD = (
     'UPDATE "accounts_membership" SET "spend_month_micro" = CASE WHEN "spend_month" = %s '
     'THEN "spend_month_micro" + %s ELSE %s END, "spend_month" = %s WHERE "id" = %s'
 )
 
 
-def api_token_spend_add(*, token_id: int, amount: int) -> None:
-    """Add ``amount`` µcr (negative to correct) to the token's ``used_micro``; takes the
-    token's row lock if the caller does not hold it yet."""
-    sql.execute(_SPEND_ADD, [amount, token_id])
+def api_token_spend_add(*, token_id: int, amount: int, now: dt.datetime) -> None:
+    """Add ``amount`` µcr (negative to correct) to the token's ``used_micro`` and to its
+    budget count for ``now``'s period; takes the token's row lock if the caller does not
+    hold it yet."""
+    starts = [budget_period_bounds(p, now)[0] for p in ("daily", "weekly", "monthly")]
+    sql.execute(_SPEND_ADD, [amount, *starts, max(amount, 0), amount, *starts, *starts, token_id])
+
+
+def budget_period_bounds(period: str, now: dt.datetime) -> tuple[dt.date, dt.datetime]:
+    """The UTC calendar period of ``period`` (daily, weekly from Monday, monthly) that
+    contains ``now``: its first day, and the instant the next one starts (the reset)."""
+    day = now.astimezone(dt.UTC).date()
+    if period == ApiToken.BudgetPeriod.DAILY:
+        start, end = day, day + dt.timedelta(days=1)
+    elif period == ApiToken.BudgetPeriod.WEEKLY:
+        start = day - dt.timedelta(days=day.weekday())
+        end = start + dt.timedelta(days=7)
+    elif period == ApiToken.BudgetPeriod.MONTHLY:
+        start = day.replace(day=1)
+        end = (start + dt.timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"no budget period {period!r}")
+    return start, dt.datetime.combine(end, dt.time(0), tzinfo=dt.UTC)
+
+
+def api_token_budget_spent(*, token: ApiToken, now: dt.datetime) -> int:
+    """µcr charged to ``token`` in ``now``'s budget period (0 once a new one started)."""
+    if not token.budget_period or token.budget_period_start is None:
+        return 0
+    start, _ = budget_period_bounds(token.budget_period, now)
+    return token.budget_spent_micro if token.budget_period_start >= start else 0
+
+
+def organization_set_content_logging(
+    *, organization: Organization, actor: User, enabled: bool
+) -> Organization:
+    """Turn content logging on or off for every token of the organization (owners and
+    admins only). Content already logged stays until the retention purge."""
+    _require_manager(organization=organization, actor=actor)
+    Organization.objects.filter(pk=organization.pk).update(log_content=enabled)
+    organization.log_content = enabled
+    return organization
 
 
 def month_start(now: dt.datetime) -> dt.date:

@@ -6,7 +6,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -17,7 +16,6 @@ from accounts.errors import EmailTaken
 from accounts.forms import EmailAuthenticationForm, SignupForm
 from config.ratelimit import Window
 from referrals import views as referral_views
-from wallet import selectors as wallet_selectors
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -89,16 +87,6 @@ class LoginView(auth_views.LoginView):
 
 class LogoutView(auth_views.LogoutView):
     pass
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    wallet = wallet_selectors.wallet_get_for_user(user=request.user)
-    return render(
-        request,
-        "console/home.html",
-        {"wallet": wallet, "summary": wallet_selectors.wallet_summary(wallet=wallet)},
-    )
 
 
 @require_GET

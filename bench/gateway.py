@@ -96,7 +96,7 @@ def start_upstream() -> Server:
         stdout=subprocess.DEVNULL,
     )
     wait_http(f"http://127.0.0.1:{port}/v1/models", process)
-    return Server(process, port)  # type: ignore[arg-type]
+    return Server(process, port)
 
 
 def seed(clients: int) -> list[str]:
@@ -163,7 +163,7 @@ def start_gateway(args: argparse.Namespace, upstream_port: int) -> Server:
         env=env,
     )  # fmt: skip
     wait_http(f"http://127.0.0.1:{port}/healthz", process)
-    return Server(process, port)  # type: ignore[arg-type]
+    return Server(process, port)
 
 
 def litellm_python() -> Path | None:
@@ -226,7 +226,7 @@ def start_litellm(python: Path, upstream_port: int, config_dir: Path) -> Server:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", process, seconds=180)
-    return Server(process, port)  # type: ignore[arg-type]
+    return Server(process, port)
 
 
 # --- Load -----------------------------------------------------------------------------------

@@ -158,11 +158,14 @@ def seed(args: argparse.Namespace) -> Seeded:
     )
 
 
-def insert_usage_rows(url: str, seeded: Seeded, start: int, count: int) -> None:
-    """Bulk-load usage records for the export (one second apart, varied figures)."""
-    psql(
-        url,
-        f"""
+def usage_rows_sql(
+    *, prefix: str, wallet_id: int, user_id: int, token: str, price: str, model: str,
+    first: int, last: int, moment: str,
+) -> str:  # fmt: skip
+    """``INSERT ... SELECT`` of usage records ``g`` = ``first``..``last`` with varied
+    figures; ``token``, ``price``, ``model`` and ``moment`` (the record's time) are SQL
+    expressions of ``g``."""
+    return f"""
         INSERT INTO usage_usagerecord (
             request_id, wallet_id, user_id, token_id, token_group_id, price_id, model,
             endpoint, status, error, started_at, finished_at, latency_ms, input_tokens,
@@ -171,10 +174,9 @@ def insert_usage_rows(url: str, seeded: Seeded, start: int, count: int) -> None:
             reasoning_usd_per_mtok, request_usd, unit_usd, markup, tier_rate,
             credits_per_usd, usd_cost, cost_micro, charged_micro, shortfall_micro,
             estimated, metadata, body_hash, created_at)
-        SELECT 'export-' || g, {seeded.export_wallet_id}, {seeded.export_user_id},
-            {seeded.export_token_id},
-            (SELECT id FROM accounts_tokengroup WHERE is_default), {seeded.price_id},
-            '{MODEL}', 'chat.completions',
+        SELECT '{prefix}-' || g, {wallet_id}, {user_id}, {token},
+            (SELECT id FROM accounts_tokengroup WHERE is_default), {price},
+            {model}, 'chat.completions',
             CASE WHEN g % 50 = 0 THEN 'failed' ELSE 'succeeded' END,
             CASE WHEN g % 50 = 0 THEN 'upstream timeout' ELSE '' END,
             t - interval '900 milliseconds', t, 900, 1000 + g % 900, 200 + g % 300,
@@ -184,9 +186,26 @@ def insert_usage_rows(url: str, seeded: Seeded, start: int, count: int) -> None:
             ceil(((1000 + g % 900 - g % 500) * 2.5 + (g % 500) * 1.25 + (200 + g % 300) * 10)),
             ceil(((1000 + g % 900 - g % 500) * 2.5 + (g % 500) * 1.25 + (200 + g % 300) * 10)),
             0, false, '{{"region": "us-east", "retries": 0}}', md5(g::text), t
-        FROM generate_series({start}, {start + count - 1}) AS g,
-             LATERAL (SELECT timestamptz '2026-01-01' + g * interval '1 second' AS t) AS ts
-        """,
+        FROM generate_series({first}, {last}) AS g,
+             LATERAL (SELECT {moment} AS t) AS ts
+        """
+
+
+def insert_usage_rows(url: str, seeded: Seeded, start: int, count: int) -> None:
+    """Bulk-load usage records for the export (one second apart, varied figures)."""
+    psql(
+        url,
+        usage_rows_sql(
+            prefix="export",
+            wallet_id=seeded.export_wallet_id,
+            user_id=seeded.export_user_id,
+            token=str(seeded.export_token_id),
+            price=str(seeded.price_id),
+            model=f"'{MODEL}'",
+            first=start,
+            last=start + count - 1,
+            moment="timestamptz '2026-01-01' + g * interval '1 second'",
+        ),
     )
     psql(url, "VACUUM ANALYZE usage_usagerecord")
 

@@ -7,12 +7,20 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from billing import pricing, services
-from billing.models import BonusRule, Refund, TopUpOrder, TopUpPackage, WebhookEvent
+from billing.models import (
+    BonusRule,
+    RecurringGrant,
+    Refund,
+    TopUpOrder,
+    TopUpPackage,
+    WebhookEvent,
+)
 from config.admin_mixins import ReadOnlyMixin
 from config.errors import ApplicationError
 from wallet import money
@@ -181,3 +189,78 @@ class WebhookEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
         for event in queryset:
             result = services.webhook_event_process(event_id=event.pk)
             self.message_user(request, f"{event.event_id}: {result.event.status}")
+
+
+class RecurringGrantForm(forms.ModelForm):
+    """Staff type credits; the grant keeps µcr."""
+
+    credits_per_month = forms.DecimalField(max_digits=24, decimal_places=6, min_value=0)
+    rollover_cap = forms.DecimalField(
+        max_digits=24,
+        decimal_places=6,
+        min_value=0,
+        initial=0,
+        help_text="Most unused credits carried into the next month (0: none).",
+    )
+
+    class Meta:
+        model = RecurringGrant
+        fields = ("name", "wallet", "starts_on", "ends_on", "is_active")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["credits_per_month"] = money.micro_to_credits(
+                self.instance.credits_per_month_micro
+            )
+            self.initial["rollover_cap"] = money.micro_to_credits(self.instance.rollover_cap_micro)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            if data.get("credits_per_month") is not None:
+                self.instance.credits_per_month_micro = money.credits_to_micro(
+                    data["credits_per_month"]
+                )
+            self.instance.rollover_cap_micro = money.credits_to_micro(
+                data.get("rollover_cap") or 0, allow_zero=True
+            )
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from exc
+        return data
+
+
+@admin.register(RecurringGrant)
+class RecurringGrantAdmin(admin.ModelAdmin):
+    """Plan allowances. Granting happens in ``billing.tasks.recurring_grants``; editing a
+    grant changes future months only (a month is granted once)."""
+
+    form = RecurringGrantForm
+    list_display = (
+        "name",
+        "wallet",
+        "monthly",
+        "rollover_cap",
+        "starts_on",
+        "ends_on",
+        "is_active",
+    )
+    list_filter = ("is_active",)
+    search_fields = ("name", "wallet__user__email", "wallet__organization__slug")
+    raw_id_fields = ("wallet",)
+    readonly_fields = ("created_by", "created_at")
+
+    @admin.display(description="Credits per month", ordering="credits_per_month_micro")
+    def monthly(self, obj: RecurringGrant) -> str:
+        return money.format_credits(obj.credits_per_month_micro)
+
+    @admin.display(description="Rollover cap", ordering="rollover_cap_micro")
+    def rollover_cap(self, obj: RecurringGrant) -> str:
+        return money.format_credits(obj.rollover_cap_micro)
+
+    def save_model(
+        self, request: HttpRequest, obj: RecurringGrant, form: Any, change: bool
+    ) -> None:
+        if not change:
+            obj.created_by = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)

@@ -28,9 +28,8 @@ from rest_framework.views import APIView
 from accounts import selectors as account_selectors
 from accounts.models import User
 from billing import pricing, selectors, services
-from billing.errors import PaymentMethodUnavailable, TopUpNotAllowed
+from billing.errors import TopUpNotAllowed
 from billing.models import Refund, TopUpOrder, TopUpPackage
-from billing.providers import provider_get
 from config.errors import RateLimited
 from config.ratelimit import Window
 from wallet import money
@@ -91,19 +90,6 @@ def _quote_data(quote: pricing.Quote, package: TopUpPackage | None = None) -> di
     }
 
 
-def _instructions(order: TopUpOrder) -> str:
-    """How to pay a pending order of a provider staff confirm (bank transfer details)."""
-    if order.status != TopUpOrder.Status.PENDING:
-        return ""
-    try:
-        provider = provider_get(order.provider)
-    except PaymentMethodUnavailable:  # a provider since removed from settings
-        return ""
-    if provider.confirms_automatically:
-        return ""
-    return provider.checkout_start(order=order).instructions
-
-
 class OrderOutputSerializer(CreditsBreakdownSerializer):
     """One order as its owner sees it (shared by every order endpoint)."""
 
@@ -137,7 +123,7 @@ class OrderOutputSerializer(CreditsBreakdownSerializer):
         return order.checkout_url if payable else ""
 
     def get_instructions(self, order: TopUpOrder) -> str:
-        return _instructions(order)
+        return selectors.topup_order_instructions(order=order)
 
 
 class TopUpQuoteApi(APIView):

@@ -380,3 +380,40 @@ class WebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.type} {self.event_id} ({self.status})"
+
+
+class RecurringGrant(models.Model):
+    """A plan-style allowance: ``credits_per_month`` granted to a wallet at the start of
+    every calendar month (UTC) as an ``included`` lot that expires when the month ends.
+    Unused included credits expire with their month; with a rollover cap, up to that many
+    of them are granted again (as a second lot) in the next month. Exactly once per month:
+    the grant's ledger entries are keyed ``recurring-grant:<id>:<YYYY-MM>``."""
+
+    name = models.CharField(max_length=100)
+    wallet = models.ForeignKey(
+        "wallet.Wallet", on_delete=models.PROTECT, related_name="recurring_grants"
+    )
+    credits_per_month_micro = models.BigIntegerField(help_text="µcr granted each month.")
+    rollover_cap_micro = models.BigIntegerField(
+        default=0, help_text="Most unused µcr carried into the next month (0: none)."
+    )
+    starts_on = models.DateField(default=timezone.localdate, help_text="First month granted.")
+    ends_on = models.DateField(null=True, blank=True, help_text="No grant after this day.")
+    is_active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credits_per_month_micro__gt=0), name="recurring_grant_amount_gt_0"
+            ),
+            models.CheckConstraint(
+                condition=Q(rollover_cap_micro__gte=0), name="recurring_grant_rollover_gte_0"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.wallet})"

@@ -7,8 +7,9 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from billing.errors import TopUpOrderNotFound
+from billing.errors import PaymentMethodUnavailable, TopUpOrderNotFound
 from billing.models import BonusRule, Refund, TopUpOrder, TopUpPackage
+from billing.providers import provider_get
 
 
 def user_has_completed_topup(*, user: Any) -> bool:
@@ -42,10 +43,13 @@ def topup_order_list_for_user(
     status: str | list[str] | None = None,
     created_after: dt.datetime | None = None,
     created_before: dt.datetime | None = None,
+    payment_method: str | None = None,
 ) -> QuerySet[TopUpOrder]:
     """The user's orders, newest first; ``created_after`` inclusive, ``created_before``
     exclusive."""
     orders = TopUpOrder.objects.filter(user=user).select_related("package")
+    if payment_method:
+        orders = orders.filter(payment_method=payment_method)
     if status:
         orders = orders.filter(status__in=[status] if isinstance(status, str) else status)
     if created_after is not None:
@@ -95,3 +99,17 @@ def topup_order_ids_settled_since(*, since: dt.datetime, user_ids: Any = None) -
     if user_ids is not None:
         orders = orders.filter(user_id__in=user_ids)
     return list(orders.order_by("id").values_list("id", flat=True))
+
+
+def topup_order_instructions(*, order: TopUpOrder) -> str:
+    """How to pay a pending order of a provider staff confirm (bank transfer details);
+    empty for anything else."""
+    if order.status != TopUpOrder.Status.PENDING:
+        return ""
+    try:
+        provider = provider_get(order.provider)
+    except PaymentMethodUnavailable:  # a provider since removed from settings
+        return ""
+    if provider.confirms_automatically:
+        return ""
+    return provider.checkout_start(order=order).instructions

@@ -1029,3 +1029,99 @@ def refund_notice_send(*, refund_id: int) -> bool:
         Refund.objects.filter(pk=refund_id).update(notified_at=None)
         raise
     return True
+
+
+# --- Recurring grants (plan allowances) ------------------------------------------------------
+
+
+def _month_bounds(now: dt.datetime) -> tuple[dt.date, dt.datetime, dt.date]:
+    """(first day of now's UTC month, the month's end as a datetime, previous month)."""
+    month = now.astimezone(dt.UTC).date().replace(day=1)
+    next_month = (month + dt.timedelta(days=32)).replace(day=1)
+    previous = (month - dt.timedelta(days=1)).replace(day=1)
+    return month, dt.datetime.combine(next_month, dt.time.min, tzinfo=dt.UTC), previous
+
+
+def recurring_grant_apply(*, grant: Any, now: dt.datetime | None = None) -> list[LedgerEntry]:
+    """Grant this month's credits of one recurring grant, once. Returns the entries written
+    now (empty when the month was granted already or the grant is not in effect).
+
+    Months are calendar months in UTC; a month that passed without a run is not granted
+    afterwards (its credits would already have expired). Rollover: the previous month's
+    included lots are expired first (``lots_expire``), then up to ``rollover_cap_micro`` of
+    what expired from them is granted again, expiring at this month's end."""
+    from billing.models import RecurringGrant
+
+    now = now or timezone.now()
+    month, month_end, previous = _month_bounds(now)
+    grant = RecurringGrant.objects.get(pk=grant.pk)
+    today = now.astimezone(dt.UTC).date()
+    if not grant.is_active or grant.starts_on > today:
+        return []
+    if grant.ends_on is not None and grant.ends_on < month:
+        return []
+    key = f"recurring-grant:{grant.pk}:{month:%Y-%m}"
+    if LedgerEntry.objects.filter(idempotency_key=key).exists():
+        return []
+    reference = wallet_services.Ref.to(grant)
+    rollover = 0
+    if grant.rollover_cap_micro:
+        wallet_services.lots_expire(wallet=grant.wallet_id, now=now)
+        prev_key = f"recurring-grant:{grant.pk}:{previous:%Y-%m}"
+        prev_lots = list(
+            LedgerEntry.objects.filter(
+                idempotency_key__in=[prev_key, f"{prev_key}:rollover"], lot__isnull=False
+            ).values_list("lot_id", flat=True)
+        )
+        expired = -(
+            LedgerEntry.objects.filter(
+                idempotency_key__in=[f"lot-expiry:{lot_id}" for lot_id in prev_lots]
+            ).aggregate(total=Sum("amount"))["total"]
+            or 0
+        )
+        rollover = min(expired, grant.rollover_cap_micro)
+    entries = []
+    with transaction.atomic():
+        entries.append(
+            wallet_services.wallet_credit(
+                wallet=grant.wallet_id,
+                amount=grant.credits_per_month_micro,
+                category=CreditLot.Category.INCLUDED,
+                idempotency_key=key,
+                reference=reference,
+                expires_at=month_end,
+                reason=f"{grant.name}, {month:%B %Y}",
+                now=now,
+            )
+        )
+        if rollover > 0:
+            entries.append(
+                wallet_services.wallet_credit(
+                    wallet=grant.wallet_id,
+                    amount=rollover,
+                    category=CreditLot.Category.INCLUDED,
+                    idempotency_key=f"{key}:rollover",
+                    reference=reference,
+                    expires_at=month_end,
+                    reason=f"{grant.name}, rolled over from {previous:%B %Y}",
+                    now=now,
+                )
+            )
+    return entries
+
+
+def recurring_grants_run(*, now: dt.datetime | None = None) -> int:
+    """Apply every active recurring grant for the current month. Idempotent: run it as often
+    as you like (beat runs it hourly). Returns how many grants were applied now."""
+    from billing.models import RecurringGrant
+
+    now = now or timezone.now()
+    applied = 0
+    grants = RecurringGrant.objects.filter(is_active=True).order_by("id")
+    for grant in grants.iterator():
+        try:
+            if recurring_grant_apply(grant=grant, now=now):
+                applied += 1
+        except ApplicationError as exc:  # a closed wallet, say: the others still run
+            logger.warning("recurring grant %s not applied: %s", grant.pk, exc.message)
+    return applied

@@ -56,3 +56,9 @@ def topup_refunded_followups(order_id: int, refund_id: int) -> None:
         referral_services.referral_reversal_for_refund(order_id=order_id, refund_id=refund_id)
     finally:
         services.refund_notice_send(refund_id=refund_id)
+
+
+@shared_task(soft_time_limit=600, time_limit=660, acks_late=True)
+def recurring_grants() -> int:
+    """Beat, hourly: grant this month's plan allowances (once per grant and month)."""
+    return services.recurring_grants_run()

@@ -83,6 +83,7 @@ def checkout_return(request: HttpRequest) -> HttpResponse:
             "amount": pricing.format_minor(order.amount_minor),
             "api_url": reverse("topup-detail", args=[order.order_no]),
             "final": order.status not in TopUpOrder.OPEN_STATUSES,
+            "instructions": selectors.topup_order_instructions(order=order),
         },
     )
 

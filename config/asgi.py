@@ -1,3 +1,5 @@
+import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -6,10 +8,12 @@ from typing import Any, cast
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
-from django.http import HttpRequest, HttpResponseBase
-from django.urls import set_urlconf
+from django.http import FileResponse, HttpRequest, HttpResponseBase
+from django.urls import set_script_prefix, set_urlconf
 
 from config import after_response
 
@@ -19,14 +23,20 @@ GATEWAY_PREFIX = "/v1/"
 
 
 class SyncStackASGIHandler(ASGIHandler):
-    """Django's ASGI handler, with the middleware stack run synchronously in one hop.
+    """Django's ASGI handler, serving each request's synchronous work in one thread hop.
 
-    Django runs each sync-and-async-capable middleware (all of its own) in async mode under
-    ASGI, crossing between the event loop and the request's thread twice per middleware,
-    and once more for a sync view. This platform's views are synchronous (DRF), so the
-    whole stack and the view run in the request's thread in one call instead: several
-    times less overhead per request. Async views still work: Django calls them through
-    ``async_to_sync`` on the event loop, and streaming responses are streamed there.
+    Django's own handler crosses between the event loop and the request's thread several
+    times per request: for the request-started signal, for each sync-and-async-capable
+    middleware (all of Django's), for a sync view, and for closing the response. This
+    platform's views are synchronous (DRF), so here one hop does it all: the signal, the
+    request object, the whole middleware stack and view (``BaseHandler.get_response``), and,
+    for an ordinary response, closing it (the request-finished signal); the event loop then
+    only sends the bytes. Streaming responses (exports) are sent as Django sends them,
+    watching for the client disconnecting, and closed after.
+
+    The OpenAI-compatible gateway (``/v1/``) is the exception: its views are async and run
+    on the event loop without the middleware stack (see ``get_response_async``), through
+    Django's own request handling.
 
     Each request still gets a thread of its own for its synchronous work (Django's
     ``ThreadSensitiveContext`` per request), but from a pool of idle single-thread
@@ -42,29 +52,10 @@ class SyncStackASGIHandler(ASGIHandler):
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
-        handler: Any = self
-        handler._middleware_chain = sync_to_async(handler._middleware_chain, thread_sensitive=True)
         self._gateway_chain = cast(
             Callable[[HttpRequest], Awaitable[HttpResponseBase]],
             convert_exception_to_response(self._gateway_view),
         )
-
-    async def _gateway_view(self, request: HttpRequest) -> HttpResponseBase:
-        match = self.resolve_request(request)
-        response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
-        return response
-
-    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        """The OpenAI-compatible gateway (``/v1/``) skips the middleware stack: its async
-        views run on the event loop directly (no hop to a thread and back). They use no
-        session, cookie, CSRF token or message, authenticate their own bearer tokens, and
-        render every error, and ``X-Credits-Remaining``, themselves."""
-        if not request.path_info.startswith(GATEWAY_PREFIX):
-            return await super().get_response_async(request)
-        set_urlconf(settings.ROOT_URLCONF)
-        response = await self._gateway_chain(request)
-        cast(Any, response)._resource_closers.append(request.close)
-        return response
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -84,6 +75,70 @@ class SyncStackASGIHandler(ASGIHandler):
                 await after_response.run(deferred)
         finally:
             self._idle_executors.append(executor)
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"].startswith(GATEWAY_PREFIX):
+            await super().handle(scope, receive, send)  # -> get_response_async, on the loop
+            return
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            response = await sync_to_async(self._respond, thread_sensitive=True)(scope, body_file)
+            if not response.streaming:
+                await self.send_response(response, send)
+                return
+            await self._stream(response, receive, send)
+        finally:
+            body_file.close()
+
+    def _respond(self, scope: Any, body_file: Any) -> HttpResponseBase:
+        """Everything synchronous about one request, in the request's thread."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__  # type: ignore[attr-defined]
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+        assert response is not None  # create_request returns a request or an error response
+        if not response.streaming:
+            response.close()  # the body is in memory; this fires request_finished
+        return response
+
+    async def _stream(self, response: HttpResponseBase, receive: Any, send: Any) -> None:
+        """Send a streaming response, stopping it if the client goes away (as Django does)."""
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        sender = asyncio.create_task(self.send_response(response, send))
+        try:
+            await asyncio.wait([listener, sender], return_when=asyncio.FIRST_COMPLETED)
+            for task in (listener, sender):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                    await task
+        finally:
+            await sync_to_async(response.close, thread_sensitive=True)()
+
+    async def _gateway_view(self, request: HttpRequest) -> HttpResponseBase:
+        match = self.resolve_request(request)
+        response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
+        return response
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """Django's handler calls this for the gateway only (``handle`` serves everything
+        else in one hop). The gateway's async views run on the event loop directly, without
+        the middleware stack: they use no session, cookie, CSRF token or message,
+        authenticate their own bearer tokens, and render every error, and
+        ``X-Credits-Remaining``, themselves."""
+        if not request.path_info.startswith(GATEWAY_PREFIX):
+            return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._gateway_chain(request)
+        cast(Any, response)._resource_closers.append(request.close)
+        return response
 
 
 django.setup(set_prefix=False)  # what get_asgi_application() does before its handler

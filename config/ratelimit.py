@@ -1,18 +1,31 @@
-"""A small fixed-window counter in the shared cache, for guessable inputs (log-ins,
-redemption codes). The cache is Redis in every multi-node deployment, so the limit holds
-across processes."""
+"""Counters in Redis that hold across every web process.
+
+* ``Window``: a small fixed-window counter in the shared cache, for guessable inputs
+  (log-ins, redemption codes) and the per-token API throttle.
+* ``RollingLimit``: per-token requests and tokens per minute over a rolling 60-second
+  window (one-second buckets), checked and counted atomically by one Lua script.
+
+Rate limits fail open: when Redis cannot be reached the request is let through and a
+warning is logged (at most once a minute per process). Money never depends on Redis.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
 from django.core.cache.backends.redis import RedisCache
 
 from config.cache import SharedRedisCache
+
+logger = logging.getLogger(__name__)
 
 _HIT = (
     "local n = redis.call('INCR', KEYS[1]) "
@@ -51,13 +64,18 @@ class Window:
         return int(cache.get(key, 0)) >= self.limit
 
     def hit(self, subject: str) -> int:
-        """Count one event; returns the count in the current window."""
+        """Count one event; returns the count in the current window (0 when Redis is
+        unreachable: the limit fails open)."""
         key, _ = self._key(subject)
         client = _redis_client(key)
         if client is not None:
             # One round trip on the request path, atomic: count, and start the window's
             # expiry with its first event.
-            return int(client.eval(_HIT, 1, cache.make_key(key), self.seconds + 1))
+            try:
+                return int(client.eval(_HIT, 1, cache.make_key(key), self.seconds + 1))
+            except (redis.RedisError, OSError) as exc:
+                warn_unavailable(exc)
+                return 0
         if cache.add(key, 1, timeout=self.seconds + 1):
             return 1
         try:
@@ -77,3 +95,173 @@ class Window:
         key, _ = self._key(subject)
         with contextlib.suppress(ValueError):  # the window rolled over meanwhile
             cache.decr(key)
+
+
+# --- Fail open, loudly but not per request ----------------------------------------------
+
+_WARN_EVERY_SECONDS = 60.0
+_warn_lock = threading.Lock()
+_warn_state = {"last": 0.0, "suppressed": 0}
+
+
+def warn_unavailable(exc: BaseException) -> None:
+    """Log that a limit was skipped because Redis is unreachable: the first time, then at
+    most once a minute per process, with how many were skipped in between."""
+    now = time.monotonic()
+    with _warn_lock:
+        if now - _warn_state["last"] < _WARN_EVERY_SECONDS:
+            _warn_state["suppressed"] += 1
+            return
+        skipped, _warn_state["suppressed"], _warn_state["last"] = _warn_state["suppressed"], 0, now
+    logger.warning(
+        "Rate limits are failing open: Redis is unavailable (%s: %s); %d more skipped "
+        "since the last warning.",
+        type(exc).__name__,
+        exc,
+        skipped,
+    )
+
+
+# --- Rolling per-minute limits -------------------------------------------------------------
+
+# KEYS: one hash per limit (bucket second -> count). ARGV: now (whole seconds), window
+# seconds, then (limit, cost) per key; a limit of 0 is off. Every limit is checked before
+# any is counted, so a refused request counts nowhere. Returns {0} or {index of the limit
+# hit (1-based), seconds until it has room, its current count}.
+_ROLLING = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local cost = tonumber(ARGV[2 + 2 * i])
+  if limit > 0 then
+    local data = redis.call('HGETALL', KEYS[i])
+    local used = 0
+    local buckets = {}
+    for j = 1, #data, 2 do
+      local second = tonumber(data[j])
+      local count = tonumber(data[j + 1])
+      if second <= now - window then
+        redis.call('HDEL', KEYS[i], data[j])
+      else
+        used = used + count
+        buckets[#buckets + 1] = {second, count}
+      end
+    end
+    if used + cost > limit then
+      table.sort(buckets, function(a, b) return a[1] < b[1] end)
+      local excess = used + cost - limit
+      local wait = window
+      for _, bucket in ipairs(buckets) do
+        excess = excess - bucket[2]
+        if excess <= 0 then
+          wait = bucket[1] + window - now
+          break
+        end
+      end
+      return {i, wait, used}
+    end
+  end
+end
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local cost = tonumber(ARGV[2 + 2 * i])
+  if limit > 0 and cost > 0 then
+    redis.call('HINCRBY', KEYS[i], ARGV[1], cost)
+    redis.call('EXPIRE', KEYS[i], window + 1)
+  end
+end
+return {0, 0, 0}
+"""
+
+_limiter_clients: dict[str, Any] = {}
+_local_lock = threading.Lock()
+
+
+def _limiter_client() -> Any:
+    """``RATE_LIMIT_REDIS_URL``'s client (short timeouts: a slow Redis must not stall
+    requests), else the cache's Redis, else None (an in-process cache: local runs)."""
+    url = settings.RATE_LIMIT_REDIS_URL
+    if not url:
+        return _redis_client("")
+    client = _limiter_clients.get(url)
+    if client is None:
+        client = _limiter_clients[url] = redis.Redis.from_url(
+            url, socket_connect_timeout=0.25, socket_timeout=0.5
+        )
+    return client
+
+
+@dataclass(frozen=True)
+class Refusal:
+    limit: str  # the name of the limit hit
+    maximum: int
+    current: int
+    retry_after: int
+
+
+@dataclass(frozen=True)
+class RollingLimit:
+    """Rolling-window limits on one subject, e.g. a token's ``rpm`` and ``tpm``: each
+    ``(name, maximum, cost)`` allows at most ``maximum`` cost per ``seconds``."""
+
+    scope: str
+    seconds: int = 60
+
+    def _key(self, subject: str, name: str) -> str:
+        # One hash tag per subject: a token's keys live on one Redis Cluster slot.
+        return cache.make_key(f"rlw:{self.scope}:{{{subject}}}:{name}")
+
+    def hit(
+        self, subject: str, limits: list[tuple[str, int, int]], *, now: float | None = None
+    ) -> Refusal | None:
+        """Check every limit and, if none is exceeded, count the costs: atomic, one round
+        trip. Returns the first limit exceeded (nothing counted), or None. A Redis error
+        lets the request through (logged)."""
+        active = [(name, maximum, cost) for name, maximum, cost in limits if maximum]
+        if not active:
+            return None
+        second = int(time.time() if now is None else now)
+        keys = [self._key(subject, name) for name, _, _ in active]
+        args: list[int] = [second, self.seconds]
+        for _, maximum, cost in active:
+            args += [maximum, cost]
+        try:
+            client = _limiter_client()
+            if client is None:
+                outcome = self._hit_local(keys, args)
+            else:
+                outcome = [int(v) for v in client.eval(_ROLLING, len(keys), *keys, *args)]
+        except (redis.RedisError, OSError) as exc:
+            warn_unavailable(exc)
+            return None
+        index, wait, current = outcome
+        if not index:
+            return None
+        name, maximum, _ = active[index - 1]
+        return Refusal(name, maximum, current, max(int(wait), 1))
+
+    def _hit_local(self, keys: list[str], args: list[int]) -> list[int]:
+        """The script's algorithm on a non-Redis cache (one process: local runs)."""
+        now, window = args[0], args[1]
+        with _local_lock:
+            tables = [dict(cache.get(key) or {}) for key in keys]
+            for i, table in enumerate(tables):
+                limit, cost = args[2 + 2 * i], args[3 + 2 * i]
+                for second in [s for s in table if s <= now - window]:
+                    del table[second]
+                used = sum(table.values())
+                if used + cost > limit:
+                    excess, wait = used + cost - limit, window
+                    for second in sorted(table):
+                        excess -= table[second]
+                        if excess <= 0:
+                            wait = second + window - now
+                            break
+                    return [i + 1, wait, used]
+            for i, table in enumerate(tables):
+                cost = args[3 + 2 * i]
+                if cost:
+                    table[now] = table.get(now, 0) + cost
+                    cache.set(keys[i], table, timeout=window + 1)
+        return [0, 0, 0]

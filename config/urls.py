@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
+from console import views as console_views
 from referrals import views as referral_views
 
 # Django tries patterns in order: the gateway and the metering API, the busiest by far,
@@ -10,7 +11,8 @@ from referrals import views as referral_views
 urlpatterns = [
     path("v1/", include("usage.gateway.urls")),
     path("api/v1/", include("usage.urls")),
-    path("", account_views.home, name="home"),
+    path("", console_views.wallet_page, name="home"),
+    path("console/", include("console.urls")),
     path("accounts/", include("accounts.urls")),
     path("billing/", include("billing.urls")),
     path("api/v1/", include("billing.api_urls")),

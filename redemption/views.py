@@ -7,10 +7,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from accounts.views import client_ip
 from config.errors import ApplicationError
+from config.redirects import safe_next
 from redemption import selectors, services
 from wallet import money
 
@@ -57,7 +59,7 @@ def redeem(request: HttpRequest) -> HttpResponse:
                 f"Code redeemed: {money.format_credits(redemption.credits_micro)} credits were "
                 f"added to your wallet.{expiry}",
             )
-            return redirect("redemption:redeem")
+            return redirect(safe_next(request, reverse("redemption:redeem")))
     elif request.method == "POST":
         status = 400
     response = render(

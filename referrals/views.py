@@ -14,9 +14,11 @@ from django.contrib.auth.decorators import login_required
 from django.core import signing
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from config.errors import ApplicationError
+from config.redirects import safe_next
 from referrals import selectors, services
 from wallet import money
 
@@ -103,7 +105,7 @@ def referrals_page(request: HttpRequest) -> HttpResponse:
                 request,
                 f"Moved {money.format_credits(result.wallet_entry.amount)} credits to your wallet.",
             )
-            return redirect("referrals:page")
+            return redirect(safe_next(request, reverse("referrals:page")))
     elif request.method == "POST":
         status = 400
     summary = selectors.referral_summary(account=account)

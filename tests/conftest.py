@@ -5,6 +5,7 @@ from django.core.cache import cache
 
 from accounts.models import User
 from tests.factories import OrganizationFactory, UserFactory
+from tests.redis_server import own_redis  # noqa: F401 (a fixture for every suite)
 from wallet.models import Wallet
 
 

@@ -21,6 +21,7 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
+    extend_schema_field,
     extend_schema_serializer,
     inline_serializer,
 )
@@ -44,8 +45,8 @@ from accounts.models import ApiToken
 from config.fastinput import validated
 from config.openapi import error_responses
 from usage import pricing, selectors, services
-from usage.export import UsageExport
-from usage.models import UsageRecord
+from usage.export import UsageExport, UsageJsonLinesExport
+from usage.models import UsageContent, UsageRecord
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet.models import LedgerEntry
@@ -172,6 +173,56 @@ class MetadataSerializer(serializers.Serializer):
         return value
 
 
+@extend_schema_serializer(component_name="UsageContentInput")
+class ContentInputSerializer(serializers.Serializer):
+    """What the request said and answered. Kept only when content logging is on for the
+    token or its organization (each part cut to CONTENT_LOG_MAX_CHARS); otherwise
+    ignored and never stored."""
+
+    system = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False, default=""
+    )
+    messages = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        max_length=100_000,
+        help_text="The prompt messages (OpenAI format); system messages are moved to system.",
+    )
+    tools = serializers.ListField(child=serializers.JSONField(), required=False, max_length=1000)
+    tool_calls = serializers.ListField(
+        child=serializers.JSONField(), required=False, max_length=1000
+    )
+    response = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False, default=""
+    )
+    context_bytes = serializers.IntegerField(
+        min_value=0,
+        required=False,
+        help_text="Size of the request's context in bytes; computed when absent.",
+    )
+
+
+def content_log(data: Mapping[str, Any] | None) -> services.ContentLog | None:
+    """The service's view of validated ``ContentInputSerializer`` data."""
+    if not data:
+        return None
+    split = services.ContentLog.from_chat(
+        messages=data.get("messages"),
+        tools=data.get("tools"),
+        tool_calls=data.get("tool_calls"),
+        response=data.get("response", ""),
+    )
+    system = "\n\n".join(part for part in (data.get("system", ""), split.system) if part)
+    return services.ContentLog(
+        system=system,
+        messages=split.messages,
+        tools=split.tools,
+        tool_calls=split.tool_calls,
+        response=split.response,
+        context_bytes=data.get("context_bytes"),
+    )
+
+
 @extend_schema_serializer(component_name="UsageReport")
 class UsageInputSerializer(serializers.Serializer):
     """Actual usage of one request, as the gateway measured it."""
@@ -209,6 +260,7 @@ class UsageInputSerializer(serializers.Serializer):
         default=False, help_text="True when the counts are the gateway's own estimate."
     )
     metadata = MetadataSerializer(required=False)
+    content = ContentInputSerializer(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["cached_input_tokens"] > attrs["input_tokens"]:
@@ -544,8 +596,12 @@ class AuthorizationCaptureApi(APIView):
         authorization = selectors.authorization_get_for_token(
             token=token, authorization_id=authorization_id
         )
-        report = usage_report(validated(UsageInputSerializer, request.data))
-        result = services.authorization_capture(authorization=authorization, report=report)
+        data = validated(UsageInputSerializer, request.data)
+        result = services.authorization_capture(
+            authorization=authorization,
+            report=usage_report(data),
+            content=content_log(data.get("content")),
+        )
         return _replayable(
             usage_record_payload(result.record),
             replayed=result.replayed,
@@ -665,6 +721,7 @@ class UsageCollectionApi(APIView):
             report=usage_report(data),
             request_id=request.headers.get("Idempotency-Key", ""),
             client_ip=client_ip(request),
+            content=content_log(data.get("content")),
         )
         return _replayable(
             usage_record_payload(result.record),
@@ -674,20 +731,140 @@ class UsageCollectionApi(APIView):
         )
 
 
+@extend_schema_serializer(component_name="UsageBreakdownLine")
+class _BreakdownLineSerializer(serializers.Serializer):
+    label = serializers.CharField()  # type: ignore[assignment]
+    quantity = serializers.DecimalField(max_digits=24, decimal_places=6)
+    usd_per_unit = serializers.CharField(help_text="Per token (per-million price / 10^6).")
+    usd = serializers.CharField()
+
+
+@extend_schema_serializer(component_name="UsageBreakdown")
+class BreakdownSerializer(serializers.Serializer):
+    price_id = serializers.IntegerField(help_text="The catalog version used.")
+    model = serializers.CharField()
+    usage = _UsageCountsSerializer()
+    lines = _BreakdownLineSerializer(many=True)
+    usd_cost = serializers.CharField(help_text="Exact, in USD: the sum of the lines.")
+    markup = serializers.CharField()
+    credits_per_usd = serializers.CharField()
+    tier_rate = serializers.CharField()
+    exact_micro = serializers.CharField(
+        help_text="usd_cost x markup x credits_per_usd x tier_rate x 10^6, before rounding."
+    )
+    rounding = serializers.CharField()
+    cost_micro = serializers.IntegerField()
+    cost = CreditsField()
+    charged = CreditsField()
+    shortfall = CreditsField()
+    formula = serializers.CharField(help_text="The charge with every number filled in.")
+
+
+@extend_schema_serializer(component_name="UsageContent")
+class ContentOutputSerializer(serializers.Serializer):
+    system = serializers.CharField()
+    messages = serializers.CharField(help_text="JSON text (cut to CONTENT_LOG_MAX_CHARS).")
+    tools = serializers.CharField()
+    tool_calls = serializers.CharField()
+    response = serializers.CharField()
+    context_bytes = serializers.IntegerField()
+    truncated = serializers.BooleanField()
+    logged_at = serializers.DateTimeField()
+
+
+def breakdown_payload(record: UsageRecord) -> dict[str, Any]:
+    """Every factor of a record's charge, from the record itself (not today's prices)."""
+    b = pricing.breakdown_from_record(record)
+    exact = b.usd_cost * b.markup * b.credits_per_usd * b.tier_rate * money.MICRO_PER_CREDIT
+    return {
+        "price_id": b.price_id,
+        "model": b.model,
+        "usage": usage_record_payload(record)["usage"],
+        "lines": [
+            {
+                "label": line.label,
+                "quantity": _plain(line.quantity),
+                "usd_per_unit": _plain(line.unit_usd),
+                "usd": _plain(line.usd),
+            }
+            for line in b.lines
+        ],
+        "usd_cost": _plain(b.usd_cost),
+        "markup": _plain(b.markup),
+        "credits_per_usd": _plain(b.credits_per_usd),
+        "tier_rate": _plain(b.tier_rate),
+        "exact_micro": _plain(exact),
+        "rounding": pricing.ROUNDING,
+        "cost_micro": b.credits_micro,
+        "cost": _credits(b.credits_micro),
+        "charged": _credits(record.charged_micro),
+        "shortfall": _credits(record.shortfall_micro),
+        "formula": pricing.breakdown_formula(b),
+    }
+
+
+def _plain(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value else "0"
+
+
+def _content_data(content: UsageContent) -> dict[str, Any]:
+    return {
+        "system": content.system,
+        "messages": content.messages,
+        "tools": content.tools,
+        "tool_calls": content.tool_calls,
+        "response": content.response,
+        "context_bytes": content.context_bytes,
+        "truncated": content.truncated,
+        "logged_at": _timestamp(content.created_at),
+    }
+
+
+def content_payload(record: UsageRecord) -> dict[str, Any] | None:
+    content = selectors.usage_content_get(record=record)
+    return None if content is None else _content_data(content)
+
+
+def usage_export_line(record: UsageRecord) -> dict[str, Any]:
+    """One JSON Lines row: the record, and its content when it has some (loaded with it)."""
+    line = usage_record_payload(record)
+    content = getattr(record, "content", None)  # absent: the relation raises AttributeError
+    if content is not None:
+        line["content"] = _content_data(content)
+    return line
+
+
 class UsageDetailApi(APIView):
     required_scope = ApiToken.Scope.READ
 
+    @extend_schema_serializer(component_name="UsageRecordDetail")
+    class OutputSerializer(UsageRecordOutputSerializer):
+        breakdown = BreakdownSerializer()
+        content = ContentOutputSerializer(
+            allow_null=True, help_text="Only when content logging was on for this request."
+        )
+
     @extend_schema(
         operation_id="usage_retrieve",
-        summary="One of your usage records",
+        summary="One of your usage records, with the breakdown of its charge",
+        description="Every factor of the charge (price version, token counts by kind, "
+        "rates, markup, tier rate, credits per USD, rounding) and the formula with the "
+        "numbers filled in, which recomputes to the charged cost exactly. Only your own "
+        "records in this wallet; any other id is a 404.",
         tags=["usage"],
-        responses={200: UsageRecordOutputSerializer, **error_responses(401, 403, 404, 429)},
+        responses={200: OutputSerializer, **error_responses(401, 403, 404, 429)},
     )
     def get(self, request: Request, record_id: int) -> Response:
         record = selectors.usage_record_get(
             user=request.user, wallet_id=request_wallet_id(request), record_id=record_id
         )
-        return Response(usage_record_payload(record))
+        return Response(
+            {
+                **usage_record_payload(record),
+                "breakdown": breakdown_payload(record),
+                "content": content_payload(record),
+            }
+        )
 
 
 class CsvRenderer(BaseRenderer):
@@ -704,34 +881,83 @@ class CsvRenderer(BaseRenderer):
         return JSONRenderer().render(data)
 
 
+class JsonLinesRenderer(CsvRenderer):
+    """``Accept: application/x-ndjson`` or ``?format=jsonl``: the export as JSON Lines."""
+
+    media_type = "application/x-ndjson"
+    format = "jsonl"
+
+
 class UsageExportApi(APIView):
     required_scope = ApiToken.Scope.READ
-    renderer_classes = [JSONRenderer, CsvRenderer]
+    renderer_classes = [JSONRenderer, CsvRenderer, JsonLinesRenderer]
 
     @extend_schema(
         operation_id="usage_export",
-        summary="Your usage records as CSV, oldest first, streamed",
-        description="The same filters as the list. Streamed in constant memory, so any "
-        "number of rows can be exported in one response.",
+        summary="Your usage records as CSV or JSON Lines, oldest first, streamed",
+        description="The same filters as the list (date range, model, token, status, "
+        "endpoint). CSV unless ?format=jsonl (or Accept: application/x-ndjson). Content "
+        "columns (content_*) appear only when a record in the export had content logged. "
+        "Streamed in constant memory, so any number of rows can be exported in one response.",
         tags=["usage"],
-        parameters=[UsageFilterSerializer],
+        parameters=[
+            UsageFilterSerializer,
+            OpenApiParameter("format", OpenApiTypes.STR, enum=["csv", "jsonl"]),
+        ],
         responses={
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV"),
+            (200, "application/x-ndjson"): OpenApiResponse(
+                OpenApiTypes.STR, description="JSON Lines: one usage record per line"
+            ),
             **error_responses(400, 401, 403, 404, 429),
         },
     )
     def get(self, request: Request) -> StreamingHttpResponse:
-        export = UsageExport(_usage_records(request))
+        records = _usage_records(request)
+        export: UsageExport
+        if getattr(request.accepted_renderer, "format", "") == "jsonl":
+            export = UsageJsonLinesExport(records, render=usage_export_line)
+            content_type, extension = "application/x-ndjson; charset=utf-8", "jsonl"
+        else:
+            export = UsageExport(records)
+            content_type, extension = "text/csv; charset=utf-8", "csv"
         # Under ASGI a sync iterator would be read whole before sending: stream async.
         stream = export.achunks() if isinstance(request._request, ASGIRequest) else export.chunks()
-        response = StreamingHttpResponse(stream, content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(stream, content_type=content_type)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        response["Content-Disposition"] = f'attachment; filename="usage-{stamp}.csv"'
+        response["Content-Disposition"] = f'attachment; filename="usage-{stamp}.{extension}"'
         response["Cache-Control"] = "no-store"
         return response
 
 
 # --- Wallet and ledger ----------------------------------------------------------------
+
+
+@extend_schema_serializer(component_name="TokenBudget")
+class TokenBudgetSerializer(serializers.Serializer):
+    period = serializers.ChoiceField(choices=["daily", "weekly", "monthly"])
+    limit = CreditsField()
+    used = CreditsField(help_text="Charged in this period.")
+    in_flight = CreditsField(help_text="Held by this token's requests still running.")
+    available = CreditsField()
+    period_start = serializers.DateField()
+    resets_at = serializers.DateTimeField(help_text="When the next period starts (UTC).")
+
+
+def token_budget_payload(token: ApiToken) -> dict[str, Any] | None:
+    """The token's budget for display (used / limit / resets at), or None."""
+    budget = selectors.token_budget_status(token=token)
+    if budget is None:
+        return None
+    return {
+        "period": budget.period,
+        "limit": _credits(budget.limit_micro),
+        "used": _credits(budget.used_micro),
+        "in_flight": _credits(budget.in_flight_micro),
+        "available": _credits(budget.available_micro),
+        "period_start": budget.period_start.isoformat(),
+        "resets_at": _timestamp(budget.resets_at),
+    }
 
 
 @extend_schema_serializer(component_name="WalletLot")
@@ -773,11 +999,37 @@ class WalletApi(APIView):
             quota = serializers.SerializerMethodField()
             used = CreditsField(source="used_micro")
             expires_at = serializers.DateTimeField(allow_null=True)
+            budget = serializers.SerializerMethodField(
+                help_text="The periodic budget: used / limit / resets_at; null if none."
+            )
+            rate_limits = serializers.SerializerMethodField()
+            log_content = serializers.BooleanField(
+                help_text="This token's own flag (its organization's may also be on)."
+            )
 
             def get_quota(self, token: ApiToken) -> str | None:
                 if token.quota_micro is None:
                     return None
                 return f"{money.micro_to_credits(token.quota_micro):.6f}"
+
+            @extend_schema_field(TokenBudgetSerializer(allow_null=True))
+            def get_budget(self, token: ApiToken) -> dict[str, Any] | None:
+                return token_budget_payload(token)
+
+            @extend_schema_field(
+                inline_serializer(
+                    "TokenRateLimits",
+                    {
+                        "requests_per_minute": serializers.IntegerField(allow_null=True),
+                        "tokens_per_minute": serializers.IntegerField(allow_null=True),
+                    },
+                )
+            )
+            def get_rate_limits(self, token: ApiToken) -> dict[str, int | None]:
+                return {
+                    "requests_per_minute": token.rate_limit_rpm,
+                    "tokens_per_minute": token.rate_limit_tpm,
+                }
 
         wallet_id = serializers.IntegerField()
         owner = serializers.DictField(child=serializers.CharField())

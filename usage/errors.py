@@ -44,6 +44,31 @@ class MemberLimitExceeded(LimitRefused):
     default_message = "Your monthly spend limit in this organization would be exceeded."
 
 
+class MinimumBalanceRequired(LimitRefused):
+    code = "minimum_balance_required"
+    limit_source = "minimum_balance"
+    default_message = "The wallet's available credits are below the minimum to start a request."
+
+
+class TokenBudgetExceeded(LimitRefused):
+    """The token's budget for this period would be exceeded; ``detail.retry_after`` (also
+    the ``Retry-After`` header) is the number of seconds until the budget resets."""
+
+    code = "token_budget_exceeded"
+    limit_source = "token_budget"
+    default_message = "This API token's budget for the period would be exceeded."
+
+
+class RateLimitExceeded(LimitRefused):
+    """Too many requests or tokens per minute for this token (``detail.limit``: ``rpm`` or
+    ``tpm``); ``retry_after`` seconds until the window has room."""
+
+    code = "rate_limit_exceeded"
+    limit_source = "rate_limit"
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_message = "This API token's rate limit was reached. Try again later."
+
+
 class ModelNotAllowed(LimitRefused):
     code = "model_not_allowed"
     limit_source = "model_not_allowed"

@@ -1,4 +1,10 @@
-"""The usage export: CSV of a filtered set of usage records, streamed in constant memory.
+"""The usage export: CSV (or JSON Lines) of a filtered set of usage records, streamed in
+constant memory.
+
+Content columns (``content_*``: system, messages, tools, tool calls, response, context
+bytes) are added only when a record in the export has logged content; a record logged
+without content leaves them empty. JSON Lines gives each record its ``content`` object
+only when it has one.
 
 On PostgreSQL the rows are formatted by the database and streamed with ``COPY ... TO
 STDOUT``: the server sends rows as it reads them and they are passed on in chunks of
@@ -183,6 +189,14 @@ COLUMNS: list[Column] = [
     ),
 ]
 HEADERS = [c.header for c in COLUMNS]
+CONTENT_COLUMNS: list[Column] = [
+    _text("content_system", "content__system"),
+    _text("content_messages", "content__messages"),
+    _text("content_tools", "content__tools"),
+    _text("content_tool_calls", "content__tool_calls"),
+    _text("content_response", "content__response"),
+    _plain("content_context_bytes", "content__context_bytes"),
+]
 
 
 def use_copy() -> bool:
@@ -196,16 +210,25 @@ class UsageExport:
     about ``chunk_bytes``.
     """
 
-    def __init__(self, records: QuerySet[UsageRecord], *, chunk_bytes: int | None = None):
+    def __init__(
+        self,
+        records: QuerySet[UsageRecord],
+        *,
+        chunk_bytes: int | None = None,
+        include_content: bool | None = None,
+    ):
         self.records = records.order_by("id")
         self.chunk_bytes = chunk_bytes or settings.USAGE_EXPORT_CHUNK_BYTES
+        if include_content is None:
+            include_content = self.records.filter(content__isnull=False).exists()
+        self.columns = COLUMNS + CONTENT_COLUMNS if include_content else COLUMNS
 
     # -- PostgreSQL: COPY ------------------------------------------------------------
 
     def copy_sql(self) -> str:
         annotated = self.records.annotate(
-            **{f"csv_{i}": column.sql for i, column in enumerate(COLUMNS)}
-        ).values_list(*(f"csv_{i}" for i in range(len(COLUMNS))))
+            **{f"csv_{i}": column.sql for i, column in enumerate(self.columns)}
+        ).values_list(*(f"csv_{i}" for i in range(len(self.columns))))
         sql, params = annotated.query.sql_with_params()
         operations: Any = connection.ops  # PostgreSQL's, which can bind literals
         select = operations.compose_sql(sql, params)
@@ -213,7 +236,7 @@ class UsageExport:
 
     def _header(self) -> bytes:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(HEADERS)
+        csv.writer(buffer, lineterminator="\n").writerow([c.header for c in self.columns])
         return buffer.getvalue().encode()
 
     def _copy_chunks(self) -> Generator[bytes, None, None]:
@@ -234,9 +257,9 @@ class UsageExport:
     def _python_chunks(self) -> Generator[bytes, None, None]:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(HEADERS)
-        fields = [c.field for c in COLUMNS]
-        formats = [c.py for c in COLUMNS]
+        writer.writerow([c.header for c in self.columns])
+        fields = [c.field for c in self.columns]
+        formats = [c.py for c in self.columns]
         for values in self.records.values_list(*fields).iterator(chunk_size=2000):
             writer.writerow([fmt(value) for fmt, value in zip(formats, values, strict=True)])
             if text.tell() >= self.chunk_bytes:
@@ -259,6 +282,36 @@ class UsageExport:
                 yield chunk
         finally:
             await sync_to_async(source.close)()
+
+
+class UsageJsonLinesExport(UsageExport):
+    """JSON Lines: one object per record (``render(record)``: the API's record shape, with
+    ``content`` only on records that have logged content), oldest first. Records come
+    with their group and content in the same query."""
+
+    def __init__(
+        self,
+        records: QuerySet[UsageRecord],
+        *,
+        render: Callable[[UsageRecord], dict[str, Any]],
+        chunk_bytes: int | None = None,
+    ):
+        super().__init__(records, chunk_bytes=chunk_bytes, include_content=False)
+        self.render = render
+
+    def chunks(self) -> Generator[bytes, None, None]:
+        buffer = io.StringIO()
+        records = self.records.select_related("token_group", "content")
+        for record in records.iterator(chunk_size=2000):
+            line = self.render(record)
+            buffer.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
+            buffer.write("\n")
+            if buffer.tell() >= self.chunk_bytes:
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+        if buffer.tell():
+            yield buffer.getvalue().encode()
 
 
 def _next_chunk(source: Generator[bytes, None, None]) -> bytes | None:

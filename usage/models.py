@@ -16,7 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -309,6 +310,101 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"Usage {self.pk} ({self.model}, {self.charged_micro} µcr)"
+
+
+class UsageDaily(models.Model):
+    """One UTC day of usage records, summed per (wallet, user, token, model, status): what
+    the console's charts, per-model summaries and totals read instead of scanning records.
+
+    Written only by ``usage.rollups`` (which recomputes whole days from the records, so a
+    rerun gives the same rows). Days after ``UsageRollupState.complete_through`` are read
+    live from the records instead.
+    """
+
+    day = models.DateField()
+    wallet = models.ForeignKey(
+        "wallet.Wallet", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    token = models.ForeignKey(
+        "accounts.ApiToken",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+    )
+    model = models.CharField(max_length=100)
+    status = models.CharField(max_length=16)
+    requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    charged_micro = models.BigIntegerField(default=0)
+    shortfall_micro = models.BigIntegerField(default=0)
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # A record without a token counts as token 0 here, so it has one row a day too.
+            models.UniqueConstraint(
+                F("day"),
+                F("wallet"),
+                F("user"),
+                Coalesce(F("token"), Value(0)),
+                F("model"),
+                F("status"),
+                name="usage_daily_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["wallet", "user", "day"], name="usage_daily_owner_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model} ({self.requests} requests)"
+
+
+class UsageRollupState(models.Model):
+    """A single row: every UTC day up to ``complete_through`` (inclusive) is in
+    ``UsageDaily`` and over, so readers take those days from the rollups and only later ones
+    from the records."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    complete_through = models.DateField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Usage rolled up through {self.complete_through}"
+
+
+class UsageContent(models.Model):
+    """What a request said and answered, kept only when its token or organization logs
+    content (``log_content``), each part cut to ``CONTENT_LOG_MAX_CHARS`` characters.
+
+    A table of its own, one row per logged record: records stay lean, and the retention
+    purge (``usage.tasks.usage_content_purge``) is a plain delete by ``created_at``.
+    """
+
+    record = models.OneToOneField(
+        UsageRecord, on_delete=models.CASCADE, primary_key=True, related_name="content"
+    )
+    system = models.TextField(blank=True, help_text="The system message(s).")
+    messages = models.TextField(blank=True, help_text="The prompt messages, as JSON.")
+    tools = models.TextField(blank=True, help_text="The tool definitions, as JSON.")
+    tool_calls = models.TextField(blank=True, help_text="The tool calls made, as JSON.")
+    response = models.TextField(blank=True, help_text="The response text.")
+    context_bytes = models.BigIntegerField(
+        default=0, help_text="Size of the request's context (system, messages, tools), UTF-8."
+    )
+    truncated = models.BooleanField(default=False, help_text="A part was cut to the limit.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"Content of usage {self.record_id}"
 
 
 class UpstreamChannel(models.Model):

@@ -104,6 +104,32 @@ class PriceBreakdown:
         )
 
 
+ROUNDING = "rounded up to the next micro-credit (1 credit = 1,000,000 µcr), once"
+
+
+def breakdown_formula(b: PriceBreakdown) -> str:
+    """The whole charge with every number filled in, in two steps that recompute exactly:
+    the USD cost from each count and rate, then the credits from the USD cost and each
+    multiplier, rounded up once to the µcr (``wallet.money.round_micro``)."""
+    u = b.usage
+    million = _plain(_MILLION)
+    usd = (
+        f"usd_cost = ({u.input_tokens} - {u.cached_input_tokens}) x "
+        f"{_plain(b.input_usd_per_mtok)} / {million} + {u.cached_input_tokens} x "
+        f"{_plain(b.cached_input_usd_per_mtok)} / {million} + {u.output_tokens} x "
+        f"{_plain(b.output_usd_per_mtok)} / {million} + {u.reasoning_tokens} x "
+        f"{_plain(b.reasoning_usd_per_mtok)} / {million} + {_plain(b.request_usd)} + "
+        f"{_plain(u.task_units)} x {_plain(b.unit_usd)} = {_plain(b.usd_cost)} USD"
+    )
+    credits = (
+        f"credits = ceil({_plain(b.usd_cost)} x {_plain(b.markup)} x "
+        f"{_plain(b.credits_per_usd)} x {_plain(b.tier_rate)} x "
+        f"{money.MICRO_PER_CREDIT}) µcr = {b.credits_micro} µcr = "
+        f"{money.micro_to_credits(b.credits_micro):.6f} credits"
+    )
+    return f"{usd}; {credits}"
+
+
 def _plain(value: Decimal) -> str:
     text = format(value.normalize(), "f")
     return text

@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from config import sql
 from usage.errors import AuthorizationNotFound, UnknownModel, UsageRecordNotFound
-from usage.models import Authorization, ModelPrice, UsageRecord
+from usage.models import Authorization, ModelPrice, UsageContent, UsageRecord
+from wallet import selectors as wallet_selectors
 from wallet.models import Hold
 
 # The hot-path reads are plain SQL (see config/sql.py); the index
@@ -135,4 +136,115 @@ def usage_consumption(*, wallet_id: int, user: Any = None) -> Consumption:
         requests=totals["requests"] or 0,
         charged_micro=int(totals["charged"] or 0),
         shortfall_micro=int(totals["shortfall"] or 0),
+    )
+
+
+# --- Margin report (Finance) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarginRow:
+    day: dt.date
+    model: str
+    requests: int
+    charged_micro: int
+    charged_usd: Any  # Decimal: credits charged, in USD at CREDITS_PER_USD
+    vendor_usd: Any  # Decimal: the providers' cost recorded on the records
+    margin_usd: Any
+    margin_percent: Any  # Decimal or None when nothing was charged
+
+
+def usage_margin_report(*, since: dt.date, until: dt.date) -> list[MarginRow]:
+    """Per UTC day and model, for records created in [since, until]: credits charged net of
+    staff corrections (reversals and re-charges pointing at the records), in USD at the
+    credit rate, against the vendor cost on the records, and the margin."""
+    from decimal import Decimal
+
+    from django.db.models.functions import TruncDate
+
+    from wallet import money
+    from wallet.models import LedgerEntry
+
+    start = dt.datetime.combine(since, dt.time.min, tzinfo=dt.UTC)
+    end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    records = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+    rows = (
+        records.annotate(day=TruncDate("created_at", tzinfo=dt.UTC))
+        .values("day", "model")
+        .annotate(requests=Count("id"), charged=Sum("charged_micro"), vendor=Sum("usd_cost"))
+        .order_by("day", "model")
+    )
+    corrections: dict[tuple[dt.date, str], int] = {}
+    corrected = LedgerEntry.objects.filter(
+        reference_type="usage.usagerecord", actor__isnull=False
+    ).values_list("reference_id", "amount")
+    by_record: dict[int, int] = {}
+    for reference_id, amount in corrected:
+        by_record[int(reference_id)] = by_record.get(int(reference_id), 0) + amount
+    if by_record:
+        for record_id, created_at, model in records.filter(pk__in=list(by_record)).values_list(
+            "id", "created_at", "model"
+        ):
+            bucket = (created_at.astimezone(dt.UTC).date(), model)
+            # Ledger amounts are signed (a reversal is positive): charged = -sum(amounts).
+            corrections[bucket] = corrections.get(bucket, 0) - by_record[record_id]
+    result = []
+    for row in rows:
+        charged = int(row["charged"] or 0) + corrections.get((row["day"], row["model"]), 0)
+        charged_usd = money.micro_to_usd(charged)
+        vendor = Decimal(row["vendor"] or 0)
+        margin = charged_usd - vendor
+        percent = (margin * 100 / charged_usd).quantize(Decimal("0.01")) if charged_usd else None
+        result.append(
+            MarginRow(
+                day=row["day"],
+                model=row["model"],
+                requests=row["requests"],
+                charged_micro=charged,
+                charged_usd=charged_usd.quantize(Decimal("0.000001")),
+                vendor_usd=vendor.quantize(Decimal("0.000001")),
+                margin_usd=margin.quantize(Decimal("0.000001")),
+                margin_percent=percent,
+            )
+        )
+    return result
+
+
+def usage_content_get(*, record: UsageRecord) -> UsageContent | None:
+    """The content logged with ``record`` (None when logging was off, or it was purged)."""
+    return UsageContent.objects.filter(record=record).first()
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A token's periodic budget, as shown on the token: used / limit / resets at."""
+
+    period: str
+    limit_micro: int
+    used_micro: int  # charged in this period
+    in_flight_micro: int  # held by requests still running
+    available_micro: int
+    period_start: dt.date
+    resets_at: dt.datetime
+
+
+def token_budget_status(*, token: Any, now: dt.datetime | None = None) -> BudgetStatus | None:
+    """The budget of ``token`` for the current UTC period, or None if it has none."""
+    from accounts import services as account_services  # the budget's calendar lives there
+
+    if token.budget_micro is None or not token.budget_period:
+        return None
+    now = now or timezone.now()
+    start, resets_at = account_services.budget_period_bounds(token.budget_period, now)
+    used = account_services.api_token_budget_spent(token=token, now=now)
+    open_holds = Authorization.objects.filter(token_id=token.pk, settled_at__isnull=True)
+    in_flight = wallet_selectors.hold_total_active(hold_ids=open_holds.values("hold_id"))
+    return BudgetStatus(
+        period=token.budget_period,
+        limit_micro=token.budget_micro,
+        used_micro=used,
+        in_flight_micro=in_flight,
+        available_micro=max(token.budget_micro - used - in_flight, 0),
+        period_start=start,
+        resets_at=resets_at,
     )

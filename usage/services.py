@@ -26,6 +26,7 @@ import datetime as dt
 import fnmatch
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -40,19 +41,28 @@ from accounts import services as account_services
 from accounts.models import ApiToken, Membership
 from config import sql
 from config.errors import IdempotencyConflict
+from config.ratelimit import RollingLimit
 from usage import pricing, selectors
 from usage.errors import (
     InvalidPrice,
     InvalidUsage,
     MemberLimitExceeded,
+    MinimumBalanceRequired,
     ModelNotAllowed,
+    RateLimitExceeded,
+    TokenBudgetExceeded,
     TokenQuotaExceeded,
 )
-from usage.models import Authorization, ModelPrice, UsageRecord
+from usage.models import Authorization, ModelPrice, UsageContent, UsageRecord
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
-from wallet.errors import HoldExpired, HoldReleased, IdempotencyKeyRequired
+from wallet.errors import (
+    HoldExpired,
+    HoldReleased,
+    IdempotencyKeyRequired,
+    InsufficientCredits,
+)
 from wallet.models import Hold
 
 MAX_REQUEST_ID = 150
@@ -173,10 +183,9 @@ def member_in_flight(*, membership_id: int) -> int:
     return wallet_selectors.hold_total_active(hold_ids=_open_hold_ids(membership_id=membership_id))
 
 
-def _check_token_quota(token: ApiToken, amount: int) -> None:
+def _check_token_quota(token: ApiToken, amount: int, in_flight: int) -> None:
     if token.quota_micro is None:
         return
-    in_flight = token_in_flight(token_id=token.pk)
     remaining = token.quota_micro - token.used_micro - in_flight
     if amount > remaining:
         raise TokenQuotaExceeded(
@@ -185,6 +194,27 @@ def _check_token_quota(token: ApiToken, amount: int) -> None:
             in_flight=in_flight,
             available=max(remaining, 0),
             requested=amount,
+        )
+
+
+def _check_token_budget(token: ApiToken, amount: int, in_flight: int, now: dt.datetime) -> None:
+    """The token's budget for ``now``'s period: what was charged in the period plus what
+    is in flight plus ``amount`` may not exceed it. Refusals say when it resets."""
+    if token.budget_micro is None or not token.budget_period:
+        return
+    spent = account_services.api_token_budget_spent(token=token, now=now)
+    remaining = token.budget_micro - spent - in_flight
+    if amount > remaining:
+        _, resets_at = account_services.budget_period_bounds(token.budget_period, now)
+        raise TokenBudgetExceeded(
+            period=token.budget_period,
+            budget=token.budget_micro,
+            spent_this_period=spent,
+            in_flight=in_flight,
+            available=max(remaining, 0),
+            requested=amount,
+            resets_at=resets_at.isoformat().replace("+00:00", "Z"),
+            retry_after=max(math.ceil((resets_at - now).total_seconds()), 1),
         )
 
 
@@ -210,11 +240,16 @@ def _caps_check(*, token: ApiToken, amount: int, now: dt.datetime) -> None:
     under the wallet's lock. Must run inside the transaction that takes that hold/debit.
 
     Rows are locked in the global order (token, then membership) and only when a cap on
-    them exists, so an unlimited token on a personal wallet takes no extra lock. New caps
-    (a minimum balance, per-period token budgets) slot in here.
+    them exists, so an unlimited token on a personal wallet takes no extra lock. The
+    token's lifetime quota and its periodic budget are checked under the same token lock,
+    so concurrent requests can never exceed either. (The minimum balance is checked with
+    the hold, under the wallet's lock: ``_require_min_balance``.)
     """
-    if token.quota_micro is not None:
-        _check_token_quota(account_services.api_token_lock(token_id=token.pk), amount)
+    if token.quota_micro is not None or token.budget_micro is not None:
+        locked = account_services.api_token_lock(token_id=token.pk)
+        in_flight = token_in_flight(token_id=token.pk)
+        _check_token_quota(locked, amount, in_flight)
+        _check_token_budget(locked, amount, in_flight, now)
     if token.membership_id is not None and (
         token.membership is None or token.membership.monthly_spend_limit_micro is not None
     ):
@@ -222,11 +257,70 @@ def _caps_check(*, token: ApiToken, amount: int, now: dt.datetime) -> None:
         _check_member_limit(membership, amount, now)
 
 
-def _spend_add(*, token_id: int, membership_id: int | None, amount: int, now: dt.datetime) -> None:
-    """Count a charge against the token and the member (locks them: token, membership)."""
-    account_services.api_token_spend_add(token_id=token_id, amount=amount)
+def _spend_add(
+    *,
+    token_id: int,
+    membership_id: int | None,
+    amount: int,
+    now: dt.datetime,
+    charged_at: dt.datetime,
+) -> None:
+    """Count a charge against the token and the member (locks them: token, membership).
+    The member's month is the request's (``now``: when it finished); the token's budget
+    period is the charge's (``charged_at``), which only moves forward."""
+    account_services.api_token_spend_add(token_id=token_id, amount=amount, now=charged_at)
     if membership_id is not None:
         account_services.membership_spend_add(membership_id=membership_id, amount=amount, now=now)
+
+
+def _require_min_balance(token: ApiToken, available_before: int) -> None:
+    """No request starts while the wallet has fewer available credits than its minimum
+    (``available_before``: what it had before this request's hold or charge)."""
+    own = token.wallet_min_balance
+    minimum = wallet_selectors.wallet_min_balance(
+        wallet_id=token.wallet_id, own=own[0] if own else None, known=own is not None
+    )
+    if available_before < minimum:
+        raise MinimumBalanceRequired(
+            minimum=minimum, available=max(available_before, 0), wallet_id=token.wallet_id
+        )
+
+
+def _min_balance_or(token: ApiToken, refusal: InsufficientCredits) -> Exception:
+    """A wallet refusal, unless the wallet is also below its minimum: then that is what
+    the caller is told (it explains why even a cheaper request would be refused)."""
+    available = refusal.detail.get("available")
+    if isinstance(available, int):
+        try:
+            _require_min_balance(token, available)
+        except MinimumBalanceRequired as below:
+            return below
+    return refusal
+
+
+_RATE = RollingLimit("token")
+
+
+def _check_rate_limits(token: ApiToken, tokens: int, now: dt.datetime) -> None:
+    """The token's requests and tokens per minute (rolling window, in Redis, across
+    every web process). Fails open when Redis is unreachable."""
+    if not token.rate_limit_rpm and not token.rate_limit_tpm:
+        return
+    refusal = _RATE.hit(
+        str(token.pk),
+        [("rpm", token.rate_limit_rpm or 0, 1), ("tpm", token.rate_limit_tpm or 0, tokens)],
+        now=now.timestamp(),
+    )
+    if refusal is not None:
+        unit = "requests" if refusal.limit == "rpm" else "tokens"
+        raise RateLimitExceeded(
+            f"This API token's limit of {refusal.maximum} {unit} per minute was reached.",
+            limit=refusal.limit,
+            maximum=refusal.maximum,
+            current=refusal.current,
+            requested=1 if refusal.limit == "rpm" else tokens,
+            retry_after=refusal.retry_after,
+        )
 
 
 # --- Authorize ------------------------------------------------------------------------
@@ -322,7 +416,9 @@ def authorization_create(
 
     ``token`` is an authenticated token (``api_token_authenticate`` loads its group, tier
     and membership). Refusals: ``UnknownModel`` (400), ``ModelNotAllowed`` (403),
-    ``TokenQuotaExceeded`` / ``MemberLimitExceeded`` / ``InsufficientCredits`` (402).
+    ``RateLimitExceeded`` (429, checked first, in Redis; fails open),
+    ``TokenQuotaExceeded`` / ``TokenBudgetExceeded`` / ``MemberLimitExceeded`` /
+    ``MinimumBalanceRequired`` / ``InsufficientCredits`` (402).
     """
     now = now or timezone.now()
     price = selectors.model_price_current(model=model, now=now)
@@ -360,19 +456,32 @@ def authorization_create(
         existing = Authorization.objects.filter(token=token, request_id=request_id).first()
         if existing is not None:
             return _authorization_replay(existing, fingerprint)
+    usage = estimate.usage
+    _check_rate_limits(
+        token, usage.input_tokens + usage.output_tokens + usage.reasoning_tokens, now
+    )
     try:
         with transaction.atomic():
             if not durable:
                 _commit_without_flush_wait()
             _caps_check(token=token, amount=amount, now=now)
-            hold = wallet_services.hold_create(
-                wallet=token.wallet_id,
-                amount=amount,
-                request_id=f"{token.pk}:{request_id}",
-                expires_at=now + dt.timedelta(seconds=ttl),
-                reference=wallet_services.Ref("accounts.apitoken", str(token.pk)),
-                now=now,
-            )
+            try:
+                hold = wallet_services.hold_create(
+                    wallet=token.wallet_id,
+                    amount=amount,
+                    request_id=f"{token.pk}:{request_id}",
+                    expires_at=now + dt.timedelta(seconds=ttl),
+                    reference=wallet_services.Ref("accounts.apitoken", str(token.pk)),
+                    now=now,
+                )
+            except InsufficientCredits as refusal:
+                raise _min_balance_or(token, refusal) from None
+            # The hold's conditional update locked the wallet row until this transaction
+            # ends, so what it reports is exact; a refusal rolls the hold back.
+            after = getattr(hold, "available_after", None)
+            if after is None:
+                after = wallet_selectors.wallet_available(wallet_id=token.wallet_id, now=now)
+            _require_min_balance(token, after + amount)
             authorization = sql.create(
                 Authorization,
                 token=token,
@@ -408,6 +517,129 @@ def authorization_create(
 def _commit_without_flush_wait() -> None:
     if connection.vendor == "postgresql":
         sql.execute("SET LOCAL synchronous_commit TO OFF", [])
+
+
+# --- Content logging --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContentLog:
+    """What a request said and answered, as a gateway saw it. Kept only when logging is
+    on for the token or its organization (``content_logging_enabled``)."""
+
+    system: str = ""
+    messages: list[Any] | None = None
+    tools: list[Any] | None = None
+    tool_calls: list[Any] | None = None
+    response: str = ""
+    context_bytes: int | None = None
+
+    @classmethod
+    def from_chat(
+        cls,
+        *,
+        messages: Iterable[Any] | None = None,
+        tools: list[Any] | None = None,
+        response: str = "",
+        tool_calls: list[Any] | None = None,
+    ) -> ContentLog:
+        """Split an OpenAI-style message list: system messages apart, the rest as the
+        prompt."""
+        system: list[str] = []
+        prompt: list[Any] = []
+        for message in messages or ():
+            if isinstance(message, dict) and message.get("role") in ("system", "developer"):
+                content = message.get("content")
+                system.append(content if isinstance(content, str) else _json(content))
+            else:
+                prompt.append(message)
+        return cls(
+            system="\n\n".join(system),
+            messages=prompt,
+            tools=tools or None,
+            tool_calls=tool_calls or None,
+            response=response or "",
+        )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def content_logging_enabled(*, token_id: int) -> bool:
+    """Content logging is on for a token when its own flag or its organization's is."""
+    flags = (
+        ApiToken.objects.filter(pk=token_id)
+        .values_list("log_content", "organization__log_content")
+        .first()
+    )
+    return bool(flags and (flags[0] or flags[1]))
+
+
+def content_logging_on(*, token: ApiToken) -> bool:
+    """``content_logging_enabled`` for a loaded token, reading nothing more when its own
+    flag decides (on, or off without an organization)."""
+    if token.log_content:
+        return True
+    return token.organization_id is not None and content_logging_enabled(token_id=token.pk)
+
+
+def _content_store(
+    *,
+    record: UsageRecord,
+    token: ApiToken | None,
+    token_id: int | None,
+    content: ContentLog | None,
+    now: dt.datetime,
+) -> None:
+    """Keep ``content`` with ``record`` if logging is on (asked of ``token`` when it is
+    loaded, else read), each part cut to ``CONTENT_LOG_MAX_CHARS``; otherwise nothing of
+    it is written anywhere."""
+    if content is None or token_id is None:
+        return
+    if token is not None and token.pk == token_id:
+        enabled = content_logging_on(token=token)
+    else:
+        enabled = content_logging_enabled(token_id=token_id)
+    if not enabled:
+        return
+    limit = settings.CONTENT_LOG_MAX_CHARS
+    parts = {
+        "system": content.system or "",
+        "messages": _json(content.messages) if content.messages else "",
+        "tools": _json(content.tools) if content.tools else "",
+        "tool_calls": _json(content.tool_calls) if content.tool_calls else "",
+        "response": content.response or "",
+    }
+    context_bytes = content.context_bytes
+    if context_bytes is None:
+        context = [parts["system"], parts["messages"], parts["tools"]]
+        context_bytes = sum(len(part.encode()) for part in context)
+    UsageContent.objects.create(
+        record=record,
+        context_bytes=context_bytes,
+        truncated=any(len(text) > limit for text in parts.values()),
+        created_at=now,
+        **{name: text[:limit] for name, text in parts.items()},
+    )
+
+
+def usage_content_purge(*, now: dt.datetime | None = None, batch_size: int = 5000) -> int:
+    """Delete logged content older than ``CONTENT_RETENTION_DAYS`` (by its request's
+    time), in batches so no long lock is held. Usage records and charges are untouched.
+    Idempotent; returns how many were deleted."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(days=settings.CONTENT_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        batch = list(
+            UsageContent.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[
+                :batch_size
+            ]
+        )
+        if not batch:
+            return deleted
+        deleted += UsageContent.objects.filter(pk__in=batch).delete()[0]
 
 
 # --- Capture --------------------------------------------------------------------------
@@ -525,11 +757,16 @@ def _apply_shortfall(
             membership_id=membership_id,
             amount=-charge.shortfall,
             now=record.finished_at,
+            charged_at=record.created_at,
         )
 
 
 def authorization_capture(
-    *, authorization: Authorization, report: UsageReport, now: dt.datetime | None = None
+    *,
+    authorization: Authorization,
+    report: UsageReport,
+    content: ContentLog | None = None,
+    now: dt.datetime | None = None,
 ) -> RecordResult:
     """Price the actual usage at the authorization's price version and tier rate, charge
     it against the hold (burning lots), release the rest of the hold, write the
@@ -540,7 +777,9 @@ def authorization_capture(
     charged and the rest recorded as ``shortfall``. A hold that expired before the capture
     is charged the same way, without its reservation (the request did run), for up to
     ``METERING_LATE_CAPTURE_SECONDS`` after its expiry; later, ``HoldExpired``. Capturing a
-    released authorization raises ``HoldReleased``.
+    released authorization raises ``HoldReleased``. ``content`` (the prompt and response)
+    is kept only when the token or its organization logs content; a replay keeps the
+    first capture's.
     """
     now = now or timezone.now()
     fingerprint = _report_fingerprint(report)
@@ -559,6 +798,7 @@ def authorization_capture(
                 membership_id=authorization.membership_id,
                 amount=cost,
                 now=finished_at,
+                charged_at=now,
             )
             record = _authorization_settle(
                 authorization,
@@ -567,6 +807,7 @@ def authorization_capture(
                 fingerprint=fingerprint,
                 span=(started_at, finished_at),
                 now=now,
+                content=content,
             )
             reference = wallet_services.Ref.to(record)
             try:
@@ -595,9 +836,11 @@ def _authorization_settle(
     fingerprint: str,
     span: tuple[dt.datetime, dt.datetime],
     now: dt.datetime,
+    content: ContentLog | None = None,
 ) -> UsageRecord:
     """Mark the authorization settled (once: ``_AlreadySettled`` otherwise) and write its
-    usage record. Runs inside the settling transaction."""
+    usage record, and its content when logging is on. Runs inside the settling
+    transaction."""
     started_at, finished_at = span
     if not sql.execute(_SETTLE, [now, authorization.pk]):
         raise _AlreadySettled()
@@ -620,7 +863,11 @@ def _authorization_settle(
             fingerprint=fingerprint,
         ),
     )
-    _cache_token_group(record, authorization._state.fields_cache.get("token"))
+    token = authorization._state.fields_cache.get("token")
+    _cache_token_group(record, token)
+    _content_store(
+        record=record, token=token, token_id=authorization.token_id, content=content, now=now
+    )
     return record
 
 
@@ -674,7 +921,11 @@ def authorization_release(
 
 
 def authorization_fail(
-    *, authorization: Authorization, report: UsageReport, now: dt.datetime | None = None
+    *,
+    authorization: Authorization,
+    report: UsageReport,
+    content: ContentLog | None = None,
+    now: dt.datetime | None = None,
 ) -> RecordResult:
     """The request failed before producing anything (the gateway's upstream error): give
     the hold back and record the request with ``report.status`` (failed or cancelled) and
@@ -699,6 +950,7 @@ def authorization_fail(
                 fingerprint=fingerprint,
                 span=span,
                 now=now,
+                content=content,
             )
             hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
     except _AlreadySettled:
@@ -737,13 +989,17 @@ def usage_record_create_oneshot(
     request_id: str,
     endpoint: str = "",
     client_ip: str | None = None,
+    content: ContentLog | None = None,
     now: dt.datetime | None = None,
 ) -> RecordResult:
     """Record and charge a finished request in one step (no authorization first).
 
-    ``request_id`` (the ``Idempotency-Key``) is required. The caps are checked against the
-    actual cost in the same transaction as the charge, like an authorization: a refusal
-    (402/403 with ``limit_source``) records and charges nothing.
+    ``request_id`` (the ``Idempotency-Key``) is required. The caps (quota, budget, member
+    limit, minimum balance) are checked against the actual cost in the same transaction
+    as the charge, like an authorization: a refusal (402/403 with ``limit_source``)
+    records and charges nothing. Rate limits gate the start of a request only, so they do
+    not apply to a finished one. ``content`` is kept only when the token or its
+    organization logs content.
     """
     now = now or timezone.now()
     request_id = _clean_request_id(request_id, required=True)
@@ -765,7 +1021,11 @@ def usage_record_create_oneshot(
             # Counted before the debit: the token and membership rows are locked before the
             # wallet's (global lock order). The debit refuses rather than charge in part.
             _spend_add(
-                token_id=token.pk, membership_id=token.membership_id, amount=cost, now=finished_at
+                token_id=token.pk,
+                membership_id=token.membership_id,
+                amount=cost,
+                now=finished_at,
+                charged_at=now,
             )
             record = sql.create(
                 UsageRecord,
@@ -788,13 +1048,22 @@ def usage_record_create_oneshot(
             _cache_token_group(record, token)
             available_after = None
             if cost:
-                available_after = wallet_services.wallet_debit(
-                    wallet=token.wallet_id,
-                    amount=cost,
-                    idempotency_key=f"usage-record:{record.pk}",
-                    reference=wallet_services.Ref.to(record),
-                    now=now,
-                ).available_after
+                try:
+                    available_after = wallet_services.wallet_debit(
+                        wallet=token.wallet_id,
+                        amount=cost,
+                        idempotency_key=f"usage-record:{record.pk}",
+                        reference=wallet_services.Ref.to(record),
+                        now=now,
+                    ).available_after
+                except InsufficientCredits as refusal:
+                    raise _min_balance_or(token, refusal) from None
+            if available_after is None:
+                available_after = wallet_selectors.wallet_available(
+                    wallet_id=token.wallet_id, now=now
+                )
+            _require_min_balance(token, available_after + cost)
+            _content_store(record=record, token=token, token_id=token.pk, content=content, now=now)
     except IntegrityError:
         existing = UsageRecord.objects.filter(token=token, request_id=request_id).first()
         if existing is None:

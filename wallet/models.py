@@ -56,6 +56,13 @@ class Wallet(models.Model):
         help_text="Warn below this many µcr; empty uses the site default.",
     )
     low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
+    # Fewer available credits than this and no new request may start (an authorization is
+    # refused with limit_source minimum_balance); empty uses METERING_MIN_BALANCE_CREDITS.
+    min_balance_micro = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Refuse new requests below this many available µcr; empty uses the site default.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -66,6 +73,10 @@ class Wallet(models.Model):
                 condition=Q(low_balance_threshold_micro__isnull=True)
                 | Q(low_balance_threshold_micro__gte=0),
                 name="wallet_threshold_gte_0",
+            ),
+            models.CheckConstraint(
+                condition=Q(min_balance_micro__isnull=True) | Q(min_balance_micro__gte=0),
+                name="wallet_min_balance_gte_0",
             ),
             models.CheckConstraint(
                 condition=(Q(user__isnull=False) & Q(organization__isnull=True))

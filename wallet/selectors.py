@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -167,3 +168,21 @@ def wallet_low_balance_threshold(*, wallet: Wallet) -> int:
 
 def wallet_is_low(*, wallet: Wallet) -> bool:
     return wallet.balance < wallet_low_balance_threshold(wallet=wallet)
+
+
+def wallet_min_balance_default() -> int:
+    """µcr a wallet needs available to start a request, unless it has its own minimum:
+    ``METERING_MIN_BALANCE_CREDITS``, or the credit value of $0.10."""
+    if settings.METERING_MIN_BALANCE_CREDITS not in (None, ""):
+        return money.credits_to_micro(settings.METERING_MIN_BALANCE_CREDITS, allow_zero=True)
+    return money.usd_to_micro(Decimal("0.10"))
+
+
+def wallet_min_balance(*, wallet_id: int, own: int | None = None, known: bool = False) -> int:
+    """The wallet's minimum to start a request. ``own`` is its ``min_balance_micro`` when
+    the caller already read it (``known``); otherwise it is read here."""
+    if not known:
+        own = (
+            Wallet.objects.filter(pk=wallet_id).values_list("min_balance_micro", flat=True).first()
+        )
+    return wallet_min_balance_default() if own is None else own

@@ -231,9 +231,11 @@ def wallet_credit(
     priority: int | None = None,
     actor: Any = None,
     reason: str = "",
+    corrects: LedgerEntry | None = None,
     now: dt.datetime | None = None,
 ) -> LedgerEntry:
-    """Add credits as a new lot and a positive ledger entry, exactly once per key."""
+    """Add credits as a new lot and a positive ledger entry, exactly once per key.
+    ``corrects`` names the entry this one corrects (a reversed charge)."""
     amount = money.validate_micro(amount)
     if category not in Category.values:
         raise InvalidCategory(category=category)
@@ -283,6 +285,7 @@ def wallet_credit(
                 lot_id=lot.pk,
                 actor_id=getattr(actor, "pk", None),
                 reason=reason,
+                corrects_id=corrects.pk if corrects is not None else None,
             )
     except IntegrityError:
         replay = _replayed_entry(key, wallet_id=wallet_id, kind=kind, amount=amount)
@@ -497,6 +500,7 @@ def wallet_debit(
     allow_partial: bool = False,
     actor: Any = None,
     reason: str = "",
+    corrects: LedgerEntry | None = None,
     now: dt.datetime | None = None,
 ) -> Charge:
     """Take ``amount`` from the wallet's available credits, burning lots in the fixed order.
@@ -518,6 +522,7 @@ def wallet_debit(
         allow_partial=allow_partial,
         actor=actor,
         reason=reason,
+        corrects=corrects,
         now=_now(now),
     )
 
@@ -1016,4 +1021,16 @@ def wallet_set_low_balance_threshold(*, wallet: Wallet, threshold_micro: int | N
         threshold_micro = money.validate_micro(threshold_micro, allow_zero=True, field="threshold")
     Wallet.objects.filter(pk=wallet.pk).update(low_balance_threshold_micro=threshold_micro)
     wallet.low_balance_threshold_micro = threshold_micro
+    return wallet
+
+
+def wallet_set_min_balance(*, wallet: Wallet, min_balance_micro: int | None) -> Wallet:
+    """The wallet's own minimum available balance to start a request (``None``: the site
+    default, ``METERING_MIN_BALANCE_CREDITS``)."""
+    if min_balance_micro is not None:
+        min_balance_micro = money.validate_micro(
+            min_balance_micro, allow_zero=True, field="min_balance"
+        )
+    Wallet.objects.filter(pk=wallet.pk).update(min_balance_micro=min_balance_micro)
+    wallet.min_balance_micro = min_balance_micro
     return wallet

@@ -37,6 +37,9 @@ INSTALLED_APPS = [
     "usage",
     "referrals",
     "redemption",
+    "alerts",
+    "audit",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -47,7 +50,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "accounts.middleware.CreditsRemainingMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "accounts.middleware.PageMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -99,6 +102,11 @@ def pool_connections(database: Any) -> None:
     if database["ENGINE"] != "django.db.backends.postgresql":
         return
     database["CONN_MAX_AGE"] = 0
+    # Django's health check makes the pool test every connection it hands out with a round
+    # trip to the server: one more per request. The pool already drops a connection that
+    # comes back broken; after a database restart, a request that gets a stale one fails
+    # (clients retry with their idempotency key). Turn it on where that matters more.
+    database["CONN_HEALTH_CHECKS"] = env.bool("DB_POOL_HEALTH_CHECKS", default=False)
     database.setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
@@ -325,6 +333,54 @@ LOGGING = {
         "stripe": {"level": env("STRIPE_LOG_LEVEL", default="WARNING")},
         "httpx": {"level": "WARNING"},
     },
+}
+
+# --- Staff console, alerts and background jobs (issue 8) ----------------------------------
+# Largest balance adjustment (or promotional grant, or charge correction) Support may make
+# at once, in credits; above it needs Finance (audit.adjust_balance_unlimited).
+SUPPORT_ADJUST_LIMIT_CREDITS = Decimal(env.str("SUPPORT_ADJUST_LIMIT_CREDITS", default="100"))
+# Organization spend alerts: warn when a member or the pool has spent this share (percent)
+# of its monthly limit.
+ORG_SPEND_ALERT_PERCENT = env.int("ORG_SPEND_ALERT_PERCENT", default=80)
+# Customer alert webhooks (User.alert_webhook_url): request timeout in seconds.
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Where EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend writes messages.
+EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(BASE_DIR / "sent-mail"))
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "wallet-holds-expire": {"task": "wallet.tasks.holds_expire", "schedule": 60.0},
+        "wallet-lots-expire": {"task": "wallet.tasks.lots_expire", "schedule": 3600.0},
+        "alerts-low-balance": {"task": "alerts.tasks.low_balance_sweep", "schedule": 60.0},
+        "alerts-organization-spend": {
+            "task": "alerts.tasks.organization_spend_sweep",
+            "schedule": 300.0,
+        },
+        "billing-recurring-grants": {"task": "billing.tasks.recurring_grants", "schedule": 3600.0},
+    }
+)
+# --- Console and daily usage rollups (issue 7) -------------------------------------------
+# Finished UTC days are rolled up into usage.UsageDaily; a day counts as finished this long
+# after midnight (requests still settling at midnight land first).
+USAGE_ROLLUP_GRACE_SECONDS = env.int("USAGE_ROLLUP_GRACE_SECONDS", default=600)
+CELERY_BEAT_SCHEDULE["usage-rollup-daily"] = {
+    "task": "usage.tasks.usage_rollup_daily",
+    "schedule": env.float("USAGE_ROLLUP_INTERVAL_SECONDS", default=900.0),
+}
+CONSOLE_PAGE_SIZE = env.int("CONSOLE_PAGE_SIZE", default=50)
+# --- Spend controls and content logging (usage) ---------------------------------------
+# Fewer available credits than this and no request may start (limit_source
+# minimum_balance); each wallet may override it. Empty: the credit value of $0.10.
+METERING_MIN_BALANCE_CREDITS = env("METERING_MIN_BALANCE_CREDITS", default="")
+# Redis for the per-token requests/tokens-per-minute limits; empty: the cache's Redis.
+# If it cannot be reached the limits fail open (logged); budgets and balances never do.
+RATE_LIMIT_REDIS_URL = env("RATE_LIMIT_REDIS_URL", default="")
+# Opt-in content logging: each logged part is cut to this many characters, and logged
+# content is deleted this many days after its request.
+CONTENT_LOG_MAX_CHARS = env.int("CONTENT_LOG_MAX_CHARS", default=20_000)
+CONTENT_RETENTION_DAYS = env.int("CONTENT_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["usage-content-purge"] = {
+    "task": "usage.tasks.usage_content_purge",
+    "schedule": 3600.0,
 }
 
 # --- OpenAI-compatible gateway (/v1/...) ---------------------------------------------------

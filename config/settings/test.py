@@ -23,7 +23,11 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
+# Suites fund wallets with a few hundredths of a credit to reach the wallet's own limits;
+# the minimum balance to start a request ($0.10 by default) is tested on its own
+# (tests/usage/test_spend_controls.py), so it is off unless a test sets it.
+METERING_MIN_BALANCE_CREDITS = env("METERING_MIN_BALANCE_CREDITS", default="0")
 # Tests change upstream channels between calls: no per-process channel cache.
 GATEWAY_CHANNEL_CACHE_SECONDS = 0.0

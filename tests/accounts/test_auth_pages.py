@@ -109,3 +109,16 @@ def test_login_form_carries_csrf(client: Client) -> None:
 
 def test_healthz(client: Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_page_message_waits_through_api_calls_for_the_next_page(client: Client) -> None:
+    """API responses neither show nor consume the messages queued for the console's pages."""
+    client.post(
+        reverse("accounts:signup"),
+        {"email": "m@example.com", "password": "a-long-unusual-passphrase", "full_name": "M"},
+    )
+    api = client.get("/api/v1/wallet")
+    assert api.status_code == 200
+    assert b"Welcome" not in api.content
+    assert b"Welcome! Your account is ready." in client.get("/").content
+    assert b"Welcome! Your account is ready." not in client.get("/").content

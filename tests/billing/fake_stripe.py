@@ -6,6 +6,11 @@ Stripe's, and Stripe-style errors. Test controls (``pay``, ``decline``, ``expire
 ``refund_in_dashboard``, ``fail_next``) change its state the way a customer or the dashboard
 would, and return the events Stripe would send; tests deliver those to our webhook endpoint,
 signed the way Stripe signs them (``sign``).
+
+For browser tests, ``host_checkout`` turns on a hosted-checkout page: sessions then get a
+``url`` on this server, whose page has a Pay button that completes the session, delivers
+the resulting events, signed, to our webhook endpoint, and sends the browser on to the
+session's ``success_url`` (Cancel goes to ``cancel_url``), as Stripe Checkout does.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import re
 import secrets
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -101,6 +108,9 @@ class FakeStripe:
     _injected: list[Injected] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _server: ThreadingHTTPServer | None = None
+    # Hosted checkout (``host_checkout``): where completed payments' events are delivered.
+    webhook_url: str | None = None
+    webhook_secret: str = ""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -136,10 +146,30 @@ class FakeStripe:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _page(self, status: int, html: str = "", location: str = "") -> None:
+                data = html.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                if location:
+                    self.send_header("Location", location)
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_GET(self) -> None:
+                if self.path.startswith("/c/pay/"):
+                    status, html = fake.checkout_page(self.path.removeprefix("/c/pay/"))
+                    self._page(status, html)
+                    return
                 self._handle("GET")
 
             def do_POST(self) -> None:
+                if self.path.startswith("/c/pay/"):
+                    length = int(self.headers.get("Content-Length") or 0)
+                    self.rfile.read(length)
+                    location = fake.checkout_pay(self.path.removeprefix("/c/pay/"))
+                    self._page(303, location=location)
+                    return
                 self._handle("POST")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -160,6 +190,7 @@ class FakeStripe:
             self.events.clear()
             self._idempotent.clear()
             self._injected.clear()
+            self.webhook_url, self.webhook_secret = None, ""
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -271,7 +302,11 @@ class FakeStripe:
             "payment_status": "unpaid",
             "status": "open",
             "success_url": params["success_url"],
-            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            "url": (
+                f"{self.url}/c/pay/{session_id}"
+                if self.webhook_url
+                else f"https://checkout.stripe.com/c/pay/{session_id}"
+            ),
             "_payment_intent_data": params.get("payment_intent_data") or {},
             "_line_items": items,
         }
@@ -367,6 +402,62 @@ class FakeStripe:
         self.events.append(self.event("refund.created", refund))
         self.events.append(self.event("charge.refunded", dict(charge)))
         return refund
+
+    # --- hosted checkout (browser tests) ----------------------------------------------------
+
+    def host_checkout(self, *, webhook_url: str, webhook_secret: str) -> None:
+        """Serve a checkout page for new sessions; paying there delivers the events to
+        ``webhook_url``, signed with ``webhook_secret``."""
+        with self._lock:
+            self.webhook_url, self.webhook_secret = webhook_url, webhook_secret
+
+    def checkout_page(self, session_id: str) -> tuple[int, str]:
+        with self._lock:
+            session = self.sessions.get(session_id)
+            if session is None:
+                return 404, "<!doctype html><title>Not found</title><p>No such session.</p>"
+            item = session["_line_items"][0].get("price_data", {})
+            name = (item.get("product_data") or {}).get("name", "Credits")
+            amount = f"{session['amount_total'] / 100:.2f} {session['currency'].upper()}"
+            status = session["status"]
+        pay = (
+            f'<form method="post"><button type="submit">Pay {escape(amount)}</button></form>'
+            if status == "open"
+            else f"<p>This session is {escape(status)}.</p>"
+        )
+        cancel = escape(session.get("cancel_url") or "")
+        return 200, (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            "<title>Fake Stripe Checkout</title></head><body>"
+            f"<h1>Fake Stripe Checkout</h1><p>{escape(name)}</p><p>Total: {escape(amount)}</p>"
+            f'{pay}<p><a href="{cancel}">Cancel</a></p></body></html>'
+        )
+
+    def checkout_pay(self, session_id: str) -> str:
+        """The Pay button: complete the session, deliver every pending event to the webhook
+        endpoint (signed, in order) and return where the browser goes next."""
+        with self._lock:
+            session = self._session(session_id)
+            if session["status"] == "open":
+                self.pay(session_id)
+            events = self.take_events()
+            url, secret = self.webhook_url, self.webhook_secret
+            success = str(session["success_url"]).replace("{CHECKOUT_SESSION_ID}", session_id)
+        for event in events:
+            if url:
+                payload = json.dumps(event)
+                request = urllib.request.Request(  # noqa: S310 (our own local endpoint)
+                    url,
+                    data=payload.encode(),
+                    headers={
+                        "Content-Type": "application/json",
+                        "Stripe-Signature": sign(payload, secret),
+                    },
+                    method="POST",
+                )
+                with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+                    response.read()
+        return success
 
     # --- test controls (what the customer, the bank or the dashboard does) ------------------
 

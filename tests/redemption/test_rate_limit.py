@@ -86,8 +86,9 @@ def test_a_burst_of_parallel_guesses_cannot_pass_the_limit(limit) -> None:
     not_found = [r for r in results if isinstance(r, CodeNotFound)]
     limited = [r for r in results if isinstance(r, RateLimited)]
     # Never more than the limit get through (counted before they run; racing counters can
-    # only make the limit stricter for one burst, never looser).
-    assert 1 <= len(not_found) <= limit, results
+    # only make the limit stricter for one burst, never looser: with the user's and the
+    # address's counters raced in different orders, a loaded machine may even refuse all).
+    assert len(not_found) <= limit, results
     assert len(not_found) + len(limited) == 12, results
     while True:  # then the rest of the window's allowance, one at a time
         try:

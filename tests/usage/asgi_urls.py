@@ -20,4 +20,24 @@ async def async_stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(parts(), content_type="text/plain")
 
 
-urlpatterns = [path("json", async_json), path("stream", async_stream)]
+# What the endless stream saw: "closed" once the handler stopped it.
+endless_events: list[str] = []
+
+
+async def endless_stream(request: HttpRequest) -> StreamingHttpResponse:
+    async def parts():  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                yield b"tick\n"
+        finally:
+            endless_events.append("closed")
+
+    return StreamingHttpResponse(parts(), content_type="text/plain")
+
+
+urlpatterns = [
+    path("json", async_json),
+    path("stream", async_stream),
+    path("endless", endless_stream),
+]

@@ -8,9 +8,10 @@ from accounts import services as account_services
 from accounts.models import ApiToken, Membership
 from tests.factories import OrganizationFactory, UserFactory
 from tests.helpers import assert_ledger_ok, credit, refresh
+from tests.helpers import micro as credit_micro
 from tests.wallet.test_concurrency import run_together
 from usage import pricing, services
-from usage.errors import MemberLimitExceeded, TokenQuotaExceeded
+from usage.errors import MemberLimitExceeded, TokenBudgetExceeded, TokenQuotaExceeded
 from usage.models import Authorization, UsageRecord
 from wallet.models import Hold, Wallet
 
@@ -124,4 +125,62 @@ def test_capture_and_release_race_settles_exactly_one_way(chat: None) -> None:
         captured = UsageRecord.objects.filter(authorization=authorization).exists()
         assert hold.status == ("captured" if captured else "released"), outcomes
     assert refresh(wallet).held == 0
+    assert_ledger_ok(wallet)
+
+
+def test_concurrent_requests_racing_a_budget_never_exceed_it(chat: None) -> None:
+    """40 threads authorize and capture at once against a daily budget of seven requests'
+    worth: seven are charged, the rest refused with token_budget, and what was spent this
+    period is exactly the budget."""
+    user = UserFactory()
+    wallet = Wallet.objects.get(user=user)
+    credit(wallet, "1000")
+    token, _ = account_services.api_token_create(
+        user=user,
+        name="t",
+        scopes=["metering"],
+        budget_period="daily",
+        budget_credits="0.07",
+    )
+
+    def authorize_and_capture(i: int) -> object:
+        authorization = _authorize(token, i)
+        return services.authorization_capture(
+            authorization=authorization,
+            report=services.UsageReport(usage=pricing.Usage(output_tokens=1000)),
+        ).record
+
+    results = run_together(40, authorize_and_capture)
+    charged = [r for r in results if isinstance(r, UsageRecord)]
+    refused = [r for r in results if isinstance(r, TokenBudgetExceeded)]
+    assert len(charged) == 7, [r for r in results if not isinstance(r, UsageRecord)][:3]
+    assert len(refused) == 33
+    assert all(r.detail["limit_source"] == "token_budget" for r in refused)
+    locked = ApiToken.objects.get(pk=token.pk)
+    assert locked.budget_spent_micro == 7 * TEN_MILLI == locked.budget_micro
+    assert refresh(wallet).balance == credit_micro("1000") - 7 * TEN_MILLI
+    assert_ledger_ok(wallet)
+
+
+def test_concurrent_one_shot_records_never_exceed_a_budget(chat: None) -> None:
+    user = UserFactory()
+    wallet = Wallet.objects.get(user=user)
+    credit(wallet, "1000")
+    token, _ = account_services.api_token_create(
+        user=user, name="t", scopes=["metering"], budget_period="weekly", budget_credits="0.05"
+    )
+
+    def record(i: int) -> object:
+        fresh = ApiToken.objects.select_related("group__tier", "membership").get(pk=token.pk)
+        return services.usage_record_create_oneshot(
+            token=fresh,
+            model="test-chat",
+            request_id=f"o{i}",
+            report=services.UsageReport(usage=pricing.Usage(output_tokens=1000)),
+        ).record
+
+    results = run_together(30, record)
+    assert sum(isinstance(r, UsageRecord) for r in results) == 5
+    assert sum(isinstance(r, TokenBudgetExceeded) for r in results) == 25
+    assert ApiToken.objects.get(pk=token.pk).budget_spent_micro == 5 * TEN_MILLI
     assert_ledger_ok(wallet)

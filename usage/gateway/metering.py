@@ -132,6 +132,9 @@ class Admission:
     authorization: Authorization
     channels: list[Channel]
     available_micro: int  # the wallet's available credits with this call's hold taken
+    # Content logging is on for the token or its organization: keep the prompt and the
+    # answer with the usage record (never otherwise).
+    log_content: bool = False
 
     @property
     def credits_remaining(self) -> str:
@@ -209,6 +212,7 @@ def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
         authorization=result.authorization,
         channels=channel_list_for_gateway(),
         available_micro=_available(token, result.available_after),
+        log_content=services.content_logging_on(token=token),
     )
 
 
@@ -229,6 +233,9 @@ class Outcome:
     stream: bool = False
     relayed: bool = False  # a stream's relay started
     finished_at: dt.datetime = field(default_factory=timezone.now)
+    # Kept only when the admission logs content.
+    response_text: str = ""
+    tool_calls: list[Any] | None = None
 
 
 def _count(value: Any) -> int | None:
@@ -291,17 +298,37 @@ def capture_report(*, admission: Admission, outcome: Outcome) -> services.UsageR
     )
 
 
+def content_log(*, admission: Admission, outcome: Outcome) -> services.ContentLog | None:
+    """What the call said and answered, when the admission logs content."""
+    call = admission.call
+    if not admission.log_content:
+        return None
+    if call.endpoint == EMBEDDINGS:
+        items = call.body.get("input")
+        return services.ContentLog(messages=items if isinstance(items, list) else [items])
+    tools = call.body.get("tools")
+    return services.ContentLog.from_chat(
+        messages=call.messages,
+        tools=tools if isinstance(tools, list) else None,
+        response=outcome.response_text,
+        tool_calls=outcome.tool_calls,
+    )
+
+
 def settle(*, admission: Admission, outcome: Outcome, produced: bool) -> str:
     """Capture the call (``produced``: the upstream answered, even in part) or record it
     failed with nothing charged and the hold released. Returns the X-Credits-Remaining
     value."""
     report = capture_report(admission=admission, outcome=outcome)
+    content = content_log(admission=admission, outcome=outcome)
     if produced:
         result = services.authorization_capture(
-            authorization=admission.authorization, report=report
+            authorization=admission.authorization, report=report, content=content
         )
     else:
-        result = services.authorization_fail(authorization=admission.authorization, report=report)
+        result = services.authorization_fail(
+            authorization=admission.authorization, report=report, content=content
+        )
     return _credits_remaining(admission.token, result.available_after)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -167,11 +168,18 @@ async def _complete(
         data = None
     if isinstance(data, dict):
         outcome.usage = data.get("usage")
-        outcome.output_chars = sum(
-            len(choice.get("message", {}).get("content") or "")
+        messages = [
+            choice["message"]
             for choice in data.get("choices") or ()
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict)
-        )
+        ]
+        outcome.output_chars = sum(len(message.get("content") or "") for message in messages)
+        if admission.log_content:
+            outcome.response_text = "".join(
+                m["content"] for m in messages if isinstance(m.get("content"), str)
+            )
+            calls = [c for m in messages for c in m.get("tool_calls") or ()]
+            outcome.tool_calls = calls or None
     outcome.finished_at = timezone.now()
     if await _settle_after_response(admission, outcome, produced=True):
         remaining = metering.credits_projected(admission=admission, outcome=outcome)
@@ -191,10 +199,43 @@ class StreamMeter:
     """Reads the SSE stream as it passes: the usage chunk, if any, and the characters of
     text produced (for the estimate when there is none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: int = 0) -> None:
         self._pending = b""
         self.usage: Any = None
         self.chars = 0
+        # Content logging: keep up to ``keep`` characters of text, and the tool calls.
+        self._keep = keep
+        self._text: list[str] = []
+        self._kept = 0
+        self._tool_calls: dict[int, dict[str, Any]] = {}
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        return [self._tool_calls[i] for i in sorted(self._tool_calls)] or None
+
+    def _keep_text(self, text: str) -> None:
+        if self._kept < self._keep:
+            self._text.append(text[: self._keep - self._kept])
+            self._kept += min(len(text), self._keep - self._kept)
+
+    def _keep_tool_call(self, delta: dict[str, Any]) -> None:
+        index = delta.get("index", len(self._tool_calls))
+        call = self._tool_calls.setdefault(
+            index if isinstance(index, int) else 0, {"function": {"name": "", "arguments": ""}}
+        )
+        for key in ("id", "type"):
+            if isinstance(delta.get(key), str):
+                call[key] = delta[key]
+        function = delta.get("function")
+        if isinstance(function, dict):
+            for key in ("name", "arguments"):
+                part = function.get(key)
+                if isinstance(part, str) and len(call["function"][key]) < self._keep:
+                    call["function"][key] += part
 
     def feed(self, chunk: bytes) -> None:
         lines = (self._pending + chunk).split(b"\n")
@@ -223,10 +264,14 @@ class StreamMeter:
                 text = delta.get(key)
                 if isinstance(text, str):
                     self.chars += len(text)
+                    if self._keep and key == "content":
+                        self._keep_text(text)
             for tool_call in delta.get("tool_calls") or ():
                 function = tool_call.get("function") if isinstance(tool_call, dict) else None
                 if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                     self.chars += len(function["arguments"])
+                if self._keep and isinstance(tool_call, dict):
+                    self._keep_tool_call(tool_call)
 
 
 class MeteredStream(StreamingHttpResponse):
@@ -272,7 +317,8 @@ async def _relay(
     """Pass the upstream's SSE bytes on as they arrive, metering them; when the stream
     ends, breaks, or the client leaves, stop reading upstream and charge what was
     produced."""
-    meter = StreamMeter()
+    # One character past the limit shows the stored text was cut.
+    meter = StreamMeter(keep=settings.CONTENT_LOG_MAX_CHARS + 1 if admission.log_content else 0)
     outcome.relayed = True
     try:
         async for chunk in answer.response.aiter_bytes():
@@ -288,6 +334,8 @@ async def _relay(
         raise
     finally:
         outcome.usage, outcome.output_chars = meter.usage, meter.chars
+        if admission.log_content:
+            outcome.response_text, outcome.tool_calls = meter.text, meter.tool_calls
         outcome.finished_at = timezone.now()
         await answer.response.aclose()
         if not await _settle_after_response(admission, outcome, produced=True):

@@ -31,6 +31,14 @@ class Command(BaseCommand):
         parser.add_argument("--expires", help="Expiry date (YYYY-MM-DD) or ISO datetime, UTC.")
         parser.add_argument("--models", nargs="+", help="Allowed model ids or patterns.")
         parser.add_argument("--ips", nargs="+", help="Allowed IP addresses or CIDR ranges.")
+        parser.add_argument(
+            "--budget", nargs=2, metavar=("PERIOD", "CREDITS"), help="e.g. --budget daily 50"
+        )
+        parser.add_argument("--rpm", type=int, help="Most model requests per minute.")
+        parser.add_argument("--tpm", type=int, help="Most tokens per minute.")
+        parser.add_argument(
+            "--log-content", action="store_true", help="Keep prompts and responses."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = selectors.user_get_by_email(email=options["email"])
@@ -57,6 +65,11 @@ class Command(BaseCommand):
                 expires_at=_parse_expiry(options["expires"]),
                 allowed_models=_list(options["models"]),
                 allowed_ips=_list(options["ips"]),
+                budget_period=(options["budget"] or ["", None])[0],
+                budget_credits=(options["budget"] or ["", None])[1],
+                rate_limit_rpm=options["rpm"],
+                rate_limit_tpm=options["tpm"],
+                log_content=options["log_content"],
             )
         except ApplicationError as exc:
             raise CommandError(f"{exc.code}: {exc.message}") from exc

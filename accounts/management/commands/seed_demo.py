@@ -28,6 +28,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--quiet", action="store_true")
 
+    def _staff_roles(self) -> None:
+        """A Support and a Finance member (password as the admin's) to try the roles."""
+        from django.contrib.auth.models import Group
+
+        from audit import permissions
+
+        permissions.groups_sync()
+        for group in (permissions.SUPPORT, permissions.FINANCE):
+            email = f"{group.lower()}@example.com"
+            user = selectors.user_get_by_email(email=email) or services.user_create(
+                email=email, password=STAFF_PASSWORD, full_name=f"{group} Staff", is_staff=True
+            )
+            user.groups.add(Group.objects.get(name=group))
+
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         demo = selectors.user_get_by_email(email=DEMO_EMAIL) or services.user_create(
@@ -46,6 +60,7 @@ class Command(BaseCommand):
                 is_staff=True,
                 is_superuser=True,
             )
+        self._staff_roles()
         org = Organization.objects.filter(slug="demo-team").first() or services.organization_create(
             name="Demo Team", owner=demo, slug="demo-team"
         )
