@@ -40,9 +40,9 @@ from metering import (  # noqa: E402  (bench/ is on the path when run as a scrip
     Connection,
     Server,
     cpu_seconds,
+    django_on_scratch_database,
     load_average,
     psql,
-    recreate_database,
 )
 
 MODEL = "bench-chat"
@@ -321,15 +321,7 @@ def measure(
 
 def main() -> int:
     args = parse_args()
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
-    os.environ["DJANGO_DEBUG"] = "0"
-    os.environ["REDIS_URL"] = args.redis_url
-    recreate_database(args.database_url)
-
-    import django
-
-    django.setup()
+    django_on_scratch_database(args)
     from django.db import connection
 
     from wallet.verify import wallet_verify

@@ -498,8 +498,8 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
 
-def main() -> int:
-    args = parse_args()
+def django_on_scratch_database(args: argparse.Namespace) -> None:
+    """Re-create the bench database and set Django up on it (local settings, DEBUG off)."""
     os.environ["DATABASE_URL"] = args.database_url
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
     os.environ["DJANGO_DEBUG"] = "0"
@@ -509,6 +509,11 @@ def main() -> int:
     import django
 
     django.setup()
+
+
+def main() -> int:
+    args = parse_args()
+    django_on_scratch_database(args)
     from django.db import connection
 
     from wallet.verify import wallet_verify

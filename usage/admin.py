@@ -155,6 +155,18 @@ class UpstreamChannelForm(forms.ModelForm):
         model = UpstreamChannel
         fields = ("name", "base_url", "model_map", "priority", "enabled")
 
+    def _clean_with(self, name: str, clean: Any) -> Any:
+        try:
+            return clean(self.cleaned_data.get(name))
+        except channels.InvalidChannel as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+    def clean_base_url(self) -> str:
+        return str(self._clean_with("base_url", channels.channel_base_url_clean))
+
+    def clean_model_map(self) -> dict[str, str]:
+        return dict(self._clean_with("model_map", channels.channel_model_map_clean))
+
 
 @admin.register(UpstreamChannel)
 class UpstreamChannelAdmin(admin.ModelAdmin):

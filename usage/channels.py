@@ -41,7 +41,7 @@ class Channel:
         return self.base_url.rstrip("/") + path
 
 
-def _clean_base_url(value: str) -> str:
+def channel_base_url_clean(value: str) -> str:
     url = (value or "").strip()
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -49,7 +49,7 @@ def _clean_base_url(value: str) -> str:
     return url.rstrip("/")
 
 
-def _clean_model_map(value: Any) -> dict[str, str]:
+def channel_model_map_clean(value: Any) -> dict[str, str]:
     if value in (None, ""):
         return {}
     if not isinstance(value, dict) or not all(
@@ -71,8 +71,8 @@ def upstream_channel_save(
     channel.name = (channel.name or "").strip()
     if not channel.name:
         raise InvalidChannel("A channel needs a name.", field="name")
-    channel.base_url = _clean_base_url(channel.base_url)
-    channel.model_map = _clean_model_map(channel.model_map)
+    channel.base_url = channel_base_url_clean(channel.base_url)
+    channel.model_map = channel_model_map_clean(channel.model_map)
     if api_key:
         key = api_key.strip()
         channel.api_key = key

@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
@@ -50,12 +51,15 @@ def model_price_current(*, model: str, now: dt.datetime | None = None) -> ModelP
 def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
     """The catalog as it stands at ``now``: the current version of every offered model."""
     now = now or timezone.now()
-    current = (
-        ModelPrice.objects.filter(effective_from__lte=now)
-        .order_by("model", "-effective_from")
-        .distinct("model")
+    versions = ModelPrice.objects.filter(effective_from__lte=now).order_by(
+        "model", "-effective_from"
     )
-    return sorted((p for p in current if p.active), key=lambda p: (p.provider, p.model))
+    if connection.vendor == "postgresql":
+        versions = versions.distinct("model")  # DISTINCT ON: PostgreSQL only
+    current: dict[str, ModelPrice] = {}
+    for price in versions:
+        current.setdefault(price.model, price)  # the newest version of each model
+    return sorted((p for p in current.values() if p.active), key=lambda p: (p.provider, p.model))
 
 
 def authorization_get_for_token(*, token: Any, authorization_id: int) -> Authorization:

@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts import services as account_services
@@ -403,9 +403,16 @@ def authorization_create(
     client_ip: str | None = None,
     ttl_seconds: int | None = None,
     now: dt.datetime | None = None,
+    durable: bool = True,
 ) -> AuthorizationResult:
     """Estimate a request's cost and, in one transaction, check every cap and hold that
     many credits in the token's wallet.
+
+    ``durable=False`` (the gateway, on its latency path) commits without waiting for
+    PostgreSQL to flush the commit to disk: a database crash right after may forget the
+    authorization and its hold (never a ledger entry), which only frees the credits it
+    reserved; the call then cannot be captured, so it goes uncharged. Consistency is
+    unaffected, and any later durable commit makes it durable too.
 
     ``token`` is an authenticated token (``api_token_authenticate`` loads its group, tier
     and membership). Refusals: ``UnknownModel`` (400), ``ModelNotAllowed`` (403),
@@ -455,6 +462,8 @@ def authorization_create(
     )
     try:
         with transaction.atomic():
+            if not durable:
+                _commit_without_flush_wait()
             _caps_check(token=token, amount=amount, now=now)
             try:
                 hold = wallet_services.hold_create(
@@ -503,6 +512,11 @@ def authorization_create(
     return AuthorizationResult(
         authorization, Hold.Status.ACTIVE, available_after=hold.available_after
     )
+
+
+def _commit_without_flush_wait() -> None:
+    if connection.vendor == "postgresql":
+        sql.execute("SET LOCAL synchronous_commit TO OFF", [])
 
 
 # --- Content logging --------------------------------------------------------------------

@@ -392,5 +392,8 @@ GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=5.0)
 GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
 # Pooled keep-alive connections to the upstreams, per web process.
 GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)
+# Commit a call's hold without waiting for the disk flush (saves one fsync on every call's
+# path; a database crash may forget a hold, freeing its credits: see authorization_create).
+GATEWAY_HOLD_ASYNC_COMMIT = env.bool("GATEWAY_HOLD_ASYNC_COMMIT", default=True)
 # Seconds each process keeps the channel list (an admin edit takes effect within this).
 GATEWAY_CHANNEL_CACHE_SECONDS = env.float("GATEWAY_CHANNEL_CACHE_SECONDS", default=5.0)

@@ -16,6 +16,7 @@ from tests.factories import UserFactory
 from tests.gateway.fake_upstream import FakeUpstream, ServerThread
 from tests.helpers import credit
 from tests.usage.conftest import make_token
+from tests.usage.conftest import prices as prices  # the usage tests' catalog, as a fixture
 from usage import services
 from usage.models import ModelPrice
 from wallet.models import Wallet

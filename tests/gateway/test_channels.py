@@ -72,6 +72,11 @@ def test_saving_without_a_new_key_keeps_the_stored_one(admin_client: Client) -> 
 
 
 def test_a_bad_model_map_is_refused(admin_client: Client) -> None:
+    response = admin_client.post(
+        "/admin/usage/upstreamchannel/add/", _form(model_map='["not", "a", "mapping"]')
+    )
+    assert response.status_code == 200
+    assert "The model mapping must be a JSON object" in response.content.decode()
     with pytest.raises(InvalidChannel):
         channels.upstream_channel_save(
             channel=UpstreamChannel(name="x", base_url="https://a.example", model_map=["no"])
@@ -96,16 +101,8 @@ def test_channels_are_tried_by_priority_and_default_to_the_environment(settings:
 
 
 def test_a_failed_call_releases_its_hold_and_is_recorded_once_with_nothing_charged(
-    user: Any,
+    user: Any, prices: Any
 ) -> None:
-    services.model_price_create(
-        model="test-search",
-        display_name="Test Search",
-        provider="Test",
-        input_usd_per_mtok="3",
-        output_usd_per_mtok="15",
-        request_usd="0.005",
-    )
     wallet = Wallet.objects.get(user=user)
     credit(wallet, "1")
     token, _ = make_token(user)

@@ -150,6 +150,10 @@ def test_models_lists_the_models_the_token_may_use_with_prices(
     )
 
     assert sorted(m.id for m in everything.models.list()) == ["other-model", "test-chat"]
+    services.model_price_create(
+        model="other-model", display_name="Other", provider="Test", active=False
+    )
+    assert [m.id for m in everything.models.list()] == ["test-chat"]  # taken off the catalog
     (model,) = only_chat.models.list().data
     assert model.id == "test-chat" and model.owned_by == "Test"
     pricing = model.model_extra["pricing"]  # type: ignore[index]
@@ -418,8 +422,12 @@ def test_bad_input_is_400_and_nothing_is_held(
         response = httpx.post(url, json=body, headers=headers)
         assert response.status_code == 400
         assert response.json()["error"]["param"] == param
+        assert response.headers["X-Credits-Remaining"] == "10.000000"
+    bad_token = {"Authorization": "Bearer sk-live-nope"}
+    assert httpx.post(url, json={"model": "x"}, headers=bad_token).status_code == 401
     assert httpx.post(url, content=b"{", headers=headers).status_code == 400
-    assert httpx.get(url, headers=headers).status_code == 400
+    wrong_method = httpx.get(url, headers=headers)
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
     assert not Authorization.objects.exists()
 
 

@@ -28,6 +28,7 @@ _TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
@@ -37,6 +38,12 @@ _TYPES = {
 class InvalidRequest(ApplicationError):
     code = "invalid_request"
     default_message = "The request is not valid."
+
+
+class MethodNotAllowed(ApplicationError):
+    code = "method_not_allowed"
+    status_code = status.HTTP_405_METHOD_NOT_ALLOWED
+    default_message = "This endpoint does not accept this method."
 
 
 class MissingApiKey(ApplicationError):

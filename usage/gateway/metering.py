@@ -124,11 +124,14 @@ def _embeddings_call(body: dict[str, Any], model: str) -> Call:
 
 @dataclass
 class Admission:
+    """An admitted call: the request, its token and authorization (the hold), and where
+    to send it."""
+
+    call: Call
     token: ApiToken
     authorization: Authorization
     channels: list[Channel]
     available_micro: int  # the wallet's available credits with this call's hold taken
-    call: Call | None = None
     # Content logging is on for the token or its organization: keep the prompt and the
     # answer with the usage record (never otherwise).
     log_content: bool = False
@@ -180,6 +183,11 @@ def token_admit(*, secret: str, client_ip: str) -> ApiToken:
     return token
 
 
+def token_credits(*, secret: str, client_ip: str) -> str:
+    """Admit the token alone (for a call refused before metering): its X-Credits-Remaining."""
+    return _credits_remaining(token_admit(secret=secret, client_ip=client_ip))
+
+
 def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
     """Authenticate, check the token, and authorize the call (estimate, every cap, the
     hold) in one step; also load the channels to try."""
@@ -194,15 +202,16 @@ def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
             max_tokens=call.max_tokens,
             endpoint=call.endpoint,
             client_ip=client_ip or None,
+            durable=not settings.GATEWAY_HOLD_ASYNC_COMMIT,
         )
     except (ApplicationError, APIException) as exc:
         raise Refused(exc, _credits_remaining(token)) from exc
     return Admission(
+        call=call,
         token=token,
         authorization=result.authorization,
         channels=channel_list_for_gateway(),
         available_micro=_available(token, result.available_after),
-        call=call,
         log_content=services.content_logging_on(token=token),
     )
 
@@ -261,9 +270,13 @@ def _reported_usage(usage: Any) -> pricing.Usage | None:
 
 
 def capture_report(*, admission: Admission, outcome: Outcome) -> services.UsageReport:
-    """The usage to charge for a call: the upstream's own counts when it reported them;
-    otherwise the authorization's input estimate plus the produced text at four characters
-    a token, marked ``estimated``."""
+    """The one place that turns a call (``admission.call``, the request) and what became
+    of it upstream (``outcome``, the response) into the report the capture prices and
+    records.
+
+    The usage charged is the upstream's own counts when it reported them; otherwise the
+    authorization's input estimate plus the produced text at four characters a token,
+    marked ``estimated``."""
     usage = _reported_usage(outcome.usage)
     estimated = usage is None
     if usage is None:
@@ -288,7 +301,7 @@ def capture_report(*, admission: Admission, outcome: Outcome) -> services.UsageR
 def content_log(*, admission: Admission, outcome: Outcome) -> services.ContentLog | None:
     """What the call said and answered, when the admission logs content."""
     call = admission.call
-    if not admission.log_content or call is None:
+    if not admission.log_content:
         return None
     if call.endpoint == EMBEDDINGS:
         items = call.body.get("input")

@@ -1,4 +1,4 @@
-"""Talking to the upstream channels: one pooled ``httpx.AsyncClient`` per event loop (one
+"""Talking to the upstream channels: one shared, pooled httpx transport per event loop (one
 per web process in production), HTTP/1.1 keep-alive, connect and read timeouts from the
 settings, and failover to the next channel while nothing has reached the client yet.
 
@@ -14,11 +14,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 from django.conf import settings
 
 from usage.channels import Channel
 from usage.gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from usage.gateway.netbackend import AsyncioBackend
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +40,18 @@ def transport() -> httpx.AsyncHTTPTransport:
         for old_loop in [old for old in _transports if old.is_closed()]:
             _transports.pop(old_loop, None)
         limit = settings.GATEWAY_MAX_CONNECTIONS
-        shared = httpx.AsyncHTTPTransport(
+        shared = httpx.AsyncHTTPTransport(http1=True, http2=False, retries=0)
+        # httpx's transport over httpcore's pool, built here to give it the asyncio-native
+        # network backend (httpx has no parameter for it; ``netbackend`` says why).
+        shared._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limit,
+            max_keepalive_connections=limit,
+            keepalive_expiry=5.0,
             http1=True,
             http2=False,
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
             retries=0,
+            network_backend=AsyncioBackend(),
         )
         _transports[loop] = shared
     return shared

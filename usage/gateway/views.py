@@ -38,6 +38,7 @@ from config.errors import ApplicationError
 from usage.gateway import metering, upstream
 from usage.gateway.errors import (
     InvalidRequest,
+    MethodNotAllowed,
     MissingApiKey,
     UpstreamUnavailable,
     error_response,
@@ -52,6 +53,7 @@ _admit = sync_to_async(metering.admit)
 _settle = sync_to_async(metering.settle)
 _settle_and_release = sync_to_async(metering.settle_and_release)
 _model_list = sync_to_async(metering.model_list)
+_token_credits = sync_to_async(metering.token_credits)
 
 
 def _bearer(request: HttpRequest) -> str:
@@ -63,9 +65,9 @@ def _bearer(request: HttpRequest) -> str:
 
 
 def _method_not_allowed(method: str) -> JsonResponse:
-    return error_response(
-        InvalidRequest(f"Use {method} for this endpoint.", type="invalid_request_error")
-    )
+    response = error_response(MethodNotAllowed(f"Use {method} for this endpoint."))
+    response["Allow"] = method
+    return response
 
 
 @csrf_exempt
@@ -98,7 +100,13 @@ async def _proxy(request: HttpRequest, endpoint: str) -> HttpResponseBase:
     started_at = timezone.now()
     try:
         secret = _bearer(request)
-        call = metering.call_parse(endpoint=endpoint, raw=request.body)
+        try:
+            call = metering.call_parse(endpoint=endpoint, raw=request.body)
+        except InvalidRequest as invalid:
+            # The token is checked first (a bad token is 401 whatever the body), and its
+            # holder gets X-Credits-Remaining on this answer too.
+            remaining = await _token_credits(secret=secret, client_ip=client_ip(request))
+            return error_response(invalid, credits_remaining=remaining)
         admission = await _admit(secret=secret, client_ip=client_ip(request), call=call)
     except metering.Refused as refused:
         return error_response(refused.error, credits_remaining=refused.credits_remaining)
