@@ -4,6 +4,7 @@ OpenAI-compatible upstreams on 127.0.0.1; the official ``openai`` client talks t
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,7 +28,26 @@ class Gateway(ServerThread):
         from config.asgi import application
 
         self.application = application
-        super().__init__(application)
+        self.active = 0  # ASGI calls in progress, settlements after the response included
+
+        # A plain coroutine function: uvicorn takes a bound method for an ASGI2 app.
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            self.active += 1  # only the server's event loop thread touches the counter
+            try:
+                await application(scope, receive, send)
+            finally:
+                self.active -= 1
+
+        super().__init__(counted)
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        """Wait until every call has finished, including captures deferred until after
+        their response, so a test's database work never overlaps the next test's."""
+        deadline = time.monotonic() + timeout
+        while self.active:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.active} gateway calls still running")
+            time.sleep(0.01)
 
     def stop(self) -> None:
         super().stop()
@@ -76,8 +96,12 @@ def second_upstream(_upstream_servers: tuple[ServerThread, ServerThread]) -> Fak
 
 
 @pytest.fixture
-def gateway(gateway_server: Gateway, upstream: FakeUpstream) -> Gateway:
-    return gateway_server
+def gateway(
+    transactional_db: None, gateway_server: Gateway, upstream: FakeUpstream
+) -> Iterator[Gateway]:
+    # Set up after the database (so torn down before it is flushed).
+    yield gateway_server
+    gateway_server.wait_idle()
 
 
 @pytest.fixture
