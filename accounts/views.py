@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET
 from accounts import services
 from accounts.errors import EmailTaken
 from accounts.forms import EmailAuthenticationForm, SignupForm
+from config.errors import LimiterUnavailable
 from config.ratelimit import Window
 from referrals import views as referral_views
 
@@ -65,24 +66,34 @@ class LoginView(auth_views.LoginView):
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         window = login_window()
-        blocked = [s for s in self._subjects() if window.exceeded(s)]
+        try:
+            blocked = [s for s in self._subjects() if window.exceeded(s)]
+        except LimiterUnavailable as exc:
+            # Without the limit, passwords could be guessed at speed: refuse for now.
+            return self._refuse(exc.message, status=exc.status_code)
         if blocked:
-            form = self.get_form()
-            form.errors.clear()
-            form.add_error(
-                None,
+            response = self._refuse(
                 "Too many failed log-in attempts. Please wait a few minutes and try again.",
+                status=429,
             )
-            response = self.render_to_response(self.get_context_data(form=form), status=429)
             response["Retry-After"] = str(window.retry_after(blocked[0]))
             return response
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form: Any) -> HttpResponse:
         window = login_window()
-        for subject in self._subjects():
-            window.hit(subject)
+        try:
+            for subject in self._subjects():
+                window.hit(subject)
+        except LimiterUnavailable as exc:
+            return self._refuse(exc.message, status=exc.status_code)
         return super().form_invalid(form)
+
+    def _refuse(self, message: str, *, status: int) -> HttpResponse:
+        form = self.get_form()
+        form.errors.clear()
+        form.add_error(None, message)
+        return self.render_to_response(self.get_context_data(form=form), status=status)
 
 
 class LogoutView(auth_views.LogoutView):

@@ -70,6 +70,15 @@ class RateLimited(ApplicationError):
     default_message = "Too many attempts. Try again later."
 
 
+class LimiterUnavailable(ApplicationError):
+    """A limit that guards a guessable input (log-ins, redemption codes) could not be
+    checked: the attempt is refused rather than let through unlimited."""
+
+    code = "limiter_unavailable"
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_message = "This is briefly unavailable. Please try again in a minute."
+
+
 class CodedAPIError:
     """Mixin for DRF's own exception types (``AuthenticationFailed``, ``PermissionDenied``)
     raised where DRF expects them, e.g. in an authentication class, so DRF keeps its 401/403

@@ -24,6 +24,7 @@ from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
 from django.core.cache.backends.redis import RedisCache
 
 from config.cache import SharedRedisCache
+from config.errors import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,14 @@ def _redis_client(key: str) -> Any:
 
 @dataclass(frozen=True)
 class Window:
+    """``fail_open``: when Redis cannot be reached, let the event through (logged), for
+    limits on the API's own throughput. Off, the default, for limits that stop guessing
+    (log-ins, redemption codes): the attempt is refused with ``LimiterUnavailable``."""
+
     name: str
     limit: int
     seconds: int
+    fail_open: bool = False
 
     def _key(self, subject: str) -> tuple[str, int]:
         window_start = int(time.time()) // self.seconds * self.seconds
@@ -61,11 +67,14 @@ class Window:
 
     def exceeded(self, subject: str) -> bool:
         key, _ = self._key(subject)
-        return int(cache.get(key, 0)) >= self.limit
+        try:
+            return int(cache.get(key, 0)) >= self.limit
+        except (redis.RedisError, OSError) as exc:
+            return self._unavailable(exc) > self.limit
 
     def hit(self, subject: str) -> int:
-        """Count one event; returns the count in the current window (0 when Redis is
-        unreachable: the limit fails open)."""
+        """Count one event; returns the count in the current window. When Redis is
+        unreachable: 0 if the limit fails open, else ``LimiterUnavailable``."""
         key, _ = self._key(subject)
         client = _redis_client(key)
         if client is not None:
@@ -74,8 +83,7 @@ class Window:
             try:
                 return int(client.eval(_HIT, 1, cache.make_key(key), self.seconds + 1))
             except (redis.RedisError, OSError) as exc:
-                warn_unavailable(exc)
-                return 0
+                return self._unavailable(exc)
         if cache.add(key, 1, timeout=self.seconds + 1):
             return 1
         try:
@@ -83,6 +91,14 @@ class Window:
         except ValueError:  # expired between add and incr
             cache.add(key, 1, timeout=self.seconds + 1)
             return 1
+
+    def _unavailable(self, exc: BaseException) -> int:
+        if self.fail_open:
+            warn_unavailable(exc)
+            return 0
+        logger.error("Refusing %s: its limit cannot be checked (%s: %s)", self.name,
+                     type(exc).__name__, exc)  # fmt: skip
+        raise LimiterUnavailable() from exc
 
     def reset(self, subject: str) -> None:
         key, _ = self._key(subject)
