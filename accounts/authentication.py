@@ -71,6 +71,12 @@ class ApiTokenAuthentication(BaseAuthentication):
         return 'Bearer realm="api"'
 
 
+def token_request_window() -> Window:
+    """``API_TOKEN_RATE_LIMIT`` requests per minute per token: one window shared by the DRF
+    APIs and the gateway. It limits throughput, not guessing, so it fails open."""
+    return Window("api-token", limit=settings.API_TOKEN_RATE_LIMIT, seconds=60, fail_open=True)
+
+
 class TokenRateThrottle(BaseThrottle):
     """``API_TOKEN_RATE_LIMIT`` requests per minute per token, counted in Redis (one round
     trip), so the limit holds across every web process. Session requests are not counted."""
@@ -80,7 +86,7 @@ class TokenRateThrottle(BaseThrottle):
         limit = settings.API_TOKEN_RATE_LIMIT
         if not isinstance(token, ApiToken) or limit <= 0:
             return True
-        window = Window("api-token", limit=limit, seconds=60, fail_open=True)
+        window = token_request_window()
         subject = str(token.pk)
         if window.hit(subject) <= limit:
             return True

@@ -22,11 +22,11 @@ from django.utils import timezone
 from rest_framework.exceptions import APIException
 
 from accounts import services as account_services
+from accounts.authentication import token_request_window
 from accounts.errors import InsufficientScope
 from accounts.middleware import credits_remaining_header
 from accounts.models import ApiToken
 from config.errors import ApplicationError, RateLimited
-from config.ratelimit import Window
 from usage import pricing, selectors, services
 from usage.channels import Channel, channel_list_for_gateway
 from usage.gateway.errors import InvalidRequest
@@ -172,7 +172,7 @@ def token_admit(*, secret: str, client_ip: str) -> ApiToken:
             )
         limit = settings.API_TOKEN_RATE_LIMIT
         if limit > 0:
-            window = Window("api-token", limit=limit, seconds=60, fail_open=True)
+            window = token_request_window()
             if window.hit(str(token.pk)) > limit:
                 raise RateLimited(
                     "Too many requests for this API token.",
