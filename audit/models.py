@@ -8,11 +8,14 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from config.models import AppendOnly
 from usage.models import UsageRecord
 
 
-class AuditRecord(models.Model):
+class AuditRecord(AppendOnly):
     """Who did what to which object, why, and what it looked like before and after."""
+
+    append_only_name = "Audit records"
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -60,14 +63,6 @@ class AuditRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} on {self.target_type} {self.target_id} by {self.actor_label}"
-
-    def save(self, *args: object, **kwargs: object) -> None:
-        if self.pk is not None and not self._state.adding:
-            raise RuntimeError("Audit records are append-only.")
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
-
-    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
-        raise RuntimeError("Audit records are append-only.")
 
 
 class MarginReport(UsageRecord):

@@ -21,6 +21,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from config.models import AppendOnly
+
 
 class Wallet(models.Model):
     class Status(models.TextChoices):
@@ -170,8 +172,10 @@ class CreditLot(models.Model):
         return f"Lot {self.pk} ({self.category}, {self.remaining}/{self.amount} µcr)"
 
 
-class LedgerEntry(models.Model):
+class LedgerEntry(AppendOnly):
     """One signed movement of credits. Append-only: never updated, never deleted."""
+
+    append_only_name = "Ledger entries"
 
     class Kind(models.TextChoices):
         TOPUP = "topup", "Top-up"
@@ -250,14 +254,6 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount:+d} µcr on wallet {self.wallet_id}"
-
-    def save(self, *args: object, **kwargs: object) -> None:
-        if self.pk is not None and not self._state.adding:
-            raise RuntimeError("Ledger entries are append-only.")
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
-
-    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
-        raise RuntimeError("Ledger entries are append-only.")
 
 
 class Hold(models.Model):
