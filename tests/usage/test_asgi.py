@@ -26,6 +26,7 @@ def test_a_client_that_leaves_mid_stream_stops_the_stream(settings) -> None:  # 
 
     from config.asgi import application
     from tests.usage import asgi_urls
+    from tests.usage.test_export import asgi_get_scope
 
     settings.ROOT_URLCONF = "tests.usage.asgi_urls"
     asgi_urls.endless_events.clear()
@@ -48,20 +49,7 @@ def test_a_client_that_leaves_mid_stream_stops_the_stream(settings) -> None:  # 
             if len([m for m in sent if m.get("body")]) == 3:
                 left.set()  # the client goes away after three parts
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": "/endless",
-            "raw_path": b"/endless",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"localhost")],
-            "client": ("127.0.0.1", 40000),
-            "server": ("localhost", 80),
-        }
+        scope = asgi_get_scope("/endless")
         await asyncio.wait_for(application(scope, receive, send), timeout=10)
 
     asyncio.run(run())

@@ -94,10 +94,10 @@ def _asgi_get(path: str, query: str, secret: str) -> tuple[int, dict[bytes, byte
     return _asgi_get_plain(path, query, [(b"authorization", f"Bearer {secret}".encode())])
 
 
-def _asgi_get_plain(
+def asgi_get_scope(
     path: str, query: str = "", headers: list[tuple[bytes, bytes]] | None = None
-) -> tuple[int, dict[bytes, bytes], list[bytes]]:
-    scope = {
+) -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -111,6 +111,12 @@ def _asgi_get_plain(
         "client": ("127.0.0.1", 40000),
         "server": ("localhost", 80),
     }
+
+
+def _asgi_get_plain(
+    path: str, query: str = "", headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, dict[bytes, bytes], list[bytes]]:
+    scope = asgi_get_scope(path, query, headers)
     sent: list[dict[str, Any]] = []
 
     async def run() -> None:
