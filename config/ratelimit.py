@@ -190,6 +190,15 @@ end
 return {0, 0, 0}
 """
 
+# KEYS: one limit's hash. ARGV: the bucket second, the correction. Only a bucket that
+# exists (still in the window, something counted in it) is corrected.
+_ADJUST = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+"""
+
 _limiter_clients: dict[str, Any] = {}
 _local_lock = threading.Lock()
 
@@ -256,6 +265,29 @@ class RollingLimit:
             return None
         name, maximum, _ = active[index - 1]
         return Refusal(name, maximum, current, max(int(wait), 1))
+
+    def adjust(
+        self, subject: str, name: str, delta: int, *, at: float, now: float | None = None
+    ) -> None:
+        """Correct by ``delta`` what was counted at the second ``at`` (a request counted by
+        its estimate, once its real cost is known). Nothing happens once that second has
+        left the window, or if nothing was counted then; fails open like ``hit``."""
+        second = int(at)
+        if not delta or second <= int(time.time() if now is None else now) - self.seconds:
+            return
+        key = self._key(subject, name)
+        try:
+            client = _limiter_client()
+            if client is not None:
+                client.eval(_ADJUST, 1, key, second, delta)
+                return
+            with _local_lock:
+                table = dict(cache.get(key) or {})
+                if second in table:
+                    table[second] += delta
+                    cache.set(key, table, timeout=self.seconds + 1)
+        except (redis.RedisError, OSError) as exc:
+            warn_unavailable(exc)
 
     def _hit_local(self, keys: list[str], args: list[int]) -> list[int]:
         """The script's algorithm on a non-Redis cache (one process: local runs)."""

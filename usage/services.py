@@ -323,6 +323,23 @@ def _check_rate_limits(token: ApiToken, tokens: int, now: dt.datetime) -> None:
         )
 
 
+def _recount_tokens(authorization: Authorization, used_tokens: int, now: dt.datetime) -> None:
+    """Tokens per minute counted the authorization's estimate (input plus the output
+    reserve); once the request is settled, count what it really used instead, in the same
+    one-second bucket, so the rest of the minute is limited by real usage."""
+    token = authorization.token
+    if not token.rate_limit_tpm:
+        return
+    counted = authorization.estimated_input_tokens + authorization.max_tokens
+    _RATE.adjust(
+        str(token.pk),
+        "tpm",
+        used_tokens - counted,
+        at=authorization.created_at.timestamp(),
+        now=now.timestamp(),
+    )
+
+
 # --- Authorize ------------------------------------------------------------------------
 
 
@@ -825,6 +842,10 @@ def authorization_capture(
             settled_at=now
         )
         raise
+    used = report.usage
+    _recount_tokens(
+        authorization, used.input_tokens + used.output_tokens + used.reasoning_tokens, now
+    )
     return RecordResult(record, available_after=charge.available_after)
 
 
@@ -912,10 +933,12 @@ def authorization_release(
     twice is harmless; releasing a captured authorization raises ``HoldAlreadyCaptured``."""
     now = now or timezone.now()
     with transaction.atomic():
-        Authorization.objects.filter(pk=authorization.pk, settled_at__isnull=True).update(
+        settled = Authorization.objects.filter(pk=authorization.pk, settled_at__isnull=True).update(
             settled_at=now
         )
         hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
+    if settled:
+        _recount_tokens(authorization, 0, now)
     authorization.settled_at = authorization.settled_at or now
     return AuthorizationResult(authorization, hold.status)
 
@@ -957,6 +980,7 @@ def authorization_fail(
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
         return _capture_replay(fresh, fingerprint)
     authorization.settled_at = now
+    _recount_tokens(authorization, 0, now)
     return RecordResult(record, available_after=getattr(hold, "available_after", None))
 
 

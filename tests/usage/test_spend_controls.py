@@ -328,6 +328,43 @@ def test_tokens_per_minute_count_the_estimate(user: User, funded: Wallet, prices
     assert_ledger_ok(funded)
 
 
+def test_tokens_per_minute_are_recounted_from_real_usage_when_settled(
+    user: User, funded: Wallet, prices: Any
+) -> None:
+    """The estimate (input + output reserve) is counted at authorization; the capture
+    replaces it with the tokens really used, a release or failure with none."""
+    token, _ = make_token(user, rate_limit_tpm=3000)
+    now = dt.datetime(2027, 3, 15, 12, 0, 0, tzinfo=UTC)
+    first = hold(token, "a", now, max_tokens=2000).authorization
+    released = hold(token, "b", now, max_tokens=1000).authorization  # 3000: the limit
+    with pytest.raises(RateLimitExceeded):
+        hold(token, "c", now, max_tokens=500)
+    later = now + dt.timedelta(seconds=5)
+    services.authorization_capture(
+        authorization=first,
+        report=services.UsageReport(usage=pricing.Usage(input_tokens=100, output_tokens=400)),
+        now=later,
+    )  # 2000 counted -> 500 used: 1,500 of the minute back
+    hold(token, "c", later, max_tokens=1500)  # 500 + 1000 + 1500 = 3000: exactly the limit
+    with pytest.raises(RateLimitExceeded):
+        hold(token, "d", later, max_tokens=1)
+    services.authorization_release(authorization=released, now=later)  # 1000 back
+    services.authorization_release(authorization=released, now=later)  # twice: no more
+    hold(token, "d", later, max_tokens=1000)
+    with pytest.raises(RateLimitExceeded) as refused:
+        hold(token, "e", later, max_tokens=1)
+    assert refused.value.detail["current"] == 3000
+    # Settled after its bucket left the window, a request changes nothing in the new one.
+    an_hour = now + dt.timedelta(hours=1)
+    hold(token, "f", an_hour, max_tokens=3000)
+    services.authorization_release(
+        authorization=services.Authorization.objects.get(request_id="d"), now=an_hour
+    )
+    with pytest.raises(RateLimitExceeded):
+        hold(token, "g", an_hour, max_tokens=1)
+    assert_ledger_ok(funded)
+
+
 def test_a_rate_limited_authorization_is_a_429_with_retry_after(
     user: User, funded: Wallet, prices: Any
 ) -> None:
