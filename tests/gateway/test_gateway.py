@@ -85,16 +85,36 @@ def test_stream_with_usage_is_relayed_and_charged_from_the_usage(
     ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
 ) -> None:
     stream = ai.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True)
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
 
     assert text == REPLY
+    # We ask the upstream for the usage chunk; this client did not, so it is not sent on
+    # (every chunk it gets has a choice, as it expects).
     assert upstream.requests[0]["body"]["stream_options"] == {"include_usage": True}
+    assert all(chunk.choices for chunk in chunks)
     record = _wait_for_record()
     assert (record.status, record.estimated) == ("succeeded", False)
     assert (record.input_tokens, record.output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
     assert record.charged_micro == REPORTED_COST
     assert _balance(funded_wallet) == (10_000_000 - REPORTED_COST, 0)
     assert record.metadata == {"extra": {"channel": "default", "stream": True}}
+    assert_ledger_ok(funded_wallet)
+
+
+def test_a_client_that_asks_for_the_usage_chunk_gets_it(
+    ai: openai.OpenAI, upstream: FakeUpstream, funded_wallet: Wallet
+) -> None:
+    stream = ai.chat.completions.create(
+        model="test-chat", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    usage = [chunk.usage for chunk in stream if not chunk.choices]
+    assert len(usage) == 1 and usage[0] is not None
+    assert (usage[0].prompt_tokens, usage[0].completion_tokens) == (
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    assert _wait_for_record().charged_micro == REPORTED_COST
     assert_ledger_ok(funded_wallet)
 
 

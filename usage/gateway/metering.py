@@ -54,6 +54,9 @@ class Call:
     messages: list[Any] | None = None
     prompt: str | None = None
     input_tokens: int | None = None
+    # A stream's client asked for the usage chunk itself (we always ask the upstream for
+    # it; a client that did not is not sent it).
+    client_wants_usage: bool = False
 
     @property
     def path(self) -> str:
@@ -88,9 +91,11 @@ def call_parse(*, endpoint: str, raw: bytes) -> Call:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages must be a non-empty array.", param="messages")
     stream = body.get("stream") is True
+    wants_usage = False
     if stream:
         # Ask for the usage chunk at the end of the stream: it is what we charge.
         options = body.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         body = dict(body, stream_options={**(options or {}), "include_usage": True})
     return Call(
         endpoint=CHAT,
@@ -99,6 +104,7 @@ def call_parse(*, endpoint: str, raw: bytes) -> Call:
         stream=stream,
         max_tokens=_optional_count(body, "max_completion_tokens", "max_tokens"),
         messages=messages,
+        client_wants_usage=wants_usage,
     )
 
 

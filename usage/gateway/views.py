@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -274,6 +275,51 @@ class StreamMeter:
                     self._keep_tool_call(tool_call)
 
 
+# The end of a server-sent event: a blank line, whichever line ending the upstream uses.
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class UsageChunkFilter:
+    """Drops the usage-only event (no choices, a ``usage`` object) from a stream whose
+    client did not ask for it: we ask the upstream for it to charge the call, but a client
+    that did not may not expect an event without choices. Other events pass unchanged,
+    each as soon as it is complete."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data, start, passed = self._pending + chunk, 0, []
+        for end in _EVENT_END.finditer(data):
+            event = data[start : end.end()]
+            if not self._usage_only(event):
+                passed.append(event)
+            start = end.end()
+        self._pending = data[start:]
+        return b"".join(passed)
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return b"" if self._usage_only(rest) else rest
+
+    @staticmethod
+    def _usage_only(event: bytes) -> bool:
+        if b'"usage"' not in event:
+            return False
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                try:
+                    data = json.loads(line[5:])
+                except ValueError:
+                    return False
+                return (
+                    isinstance(data, dict)
+                    and not data.get("choices")
+                    and isinstance(data.get("usage"), dict)
+                )
+        return False
+
+
 class MeteredStream(StreamingHttpResponse):
     """Closes its relay as soon as the server stops reading it (the client left), so the
     relay settles then, not whenever the garbage collector finalizes it."""
@@ -319,11 +365,17 @@ async def _relay(
     produced."""
     # One character past the limit shows the stored text was cut.
     meter = StreamMeter(keep=settings.CONTENT_LOG_MAX_CHARS + 1 if admission.log_content else 0)
+    hide_usage = None if admission.call.client_wants_usage else UsageChunkFilter()
     outcome.relayed = True
     try:
         async for chunk in answer.response.aiter_bytes():
             meter.feed(chunk)
-            yield chunk
+            if hide_usage is None:
+                yield chunk
+            elif passed := hide_usage.feed(chunk):
+                yield passed
+        if hide_usage is not None and (rest := hide_usage.flush()):
+            yield rest
     except httpx.HTTPError as exc:
         outcome.status = UsageRecord.Status.FAILED
         outcome.error = f"The upstream stream broke off ({type(exc).__name__})."
