@@ -9,6 +9,7 @@ from django.contrib.auth import views as auth_views
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from accounts import services
@@ -16,6 +17,7 @@ from accounts.errors import EmailTaken
 from accounts.forms import EmailAuthenticationForm, SignupForm
 from config.errors import LimiterUnavailable
 from config.ratelimit import Window
+from config.redirects import safe_next
 from referrals import views as referral_views
 
 
@@ -49,7 +51,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             referral_views.signup_referral_record(request, user)
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, "Welcome! Your account is ready.")
-            return referral_views.forget_invite(redirect(request.POST.get("next") or "home"))
+            return referral_views.forget_invite(redirect(safe_next(request, reverse("home"))))
     return render(request, "registration/signup.html", {"form": form})
 
 

@@ -122,3 +122,16 @@ def test_a_page_message_waits_through_api_calls_for_the_next_page(client: Client
     assert b"Welcome" not in api.content
     assert b"Welcome! Your account is ready." in client.get("/").content
     assert b"Welcome! Your account is ready." not in client.get("/").content
+
+
+@pytest.mark.parametrize(
+    ("next_url", "lands_on"),
+    [("/console/tokens/", "/console/tokens/"), ("https://evil.example/", "/"), ("", "/")],
+)
+def test_sign_up_returns_only_to_this_site(client: Client, next_url: str, lands_on: str) -> None:
+    response = client.post(
+        reverse("accounts:signup"),
+        {"email": "n@example.com", "password": "a-long-unusual-passphrase", "next": next_url},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == lands_on
