@@ -7,7 +7,16 @@ from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 from django.http import HttpRequest
 
 from accounts import services
-from accounts.models import ApiToken, BillingTier, Membership, Organization, TokenGroup, User
+from accounts.models import (
+    ApiToken,
+    BillingTier,
+    Invitation,
+    Membership,
+    Organization,
+    TokenGroup,
+    User,
+)
+from config.admin_mixins import ReadOnlyMixin
 from config.errors import ApplicationError
 from wallet import money
 
@@ -230,3 +239,13 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for token in queryset:
             services.api_token_revoke(token=token)
         self.message_user(request, f"Revoked {queryset.count()} token(s).")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Invitations are written by owners and admins in the console; staff look."""
+
+    list_display = ("email", "organization", "role", "created_at", "expires_at", "accepted_at")
+    list_filter = ("role",)
+    search_fields = ("email", "organization__name", "organization__slug")
+    exclude = ("secret_hash",)

@@ -27,6 +27,28 @@ class AlreadyMember(ApplicationError):
     default_message = "This user is already a member of the organization."
 
 
+class InvitationNotFound(ApplicationError):
+    code = "invitation_not_found"
+    status_code = status.HTTP_404_NOT_FOUND
+    default_message = "This invitation link is not valid."
+
+
+class InvitationUnusable(ApplicationError):
+    """Used already, or expired."""
+
+    code = "invitation_unusable"
+    status_code = status.HTTP_410_GONE
+    default_message = "This invitation was already used or has expired. Ask for a new one."
+
+
+class InvitationForAnotherEmail(ApplicationError):
+    code = "invitation_for_another_email"
+    status_code = status.HTTP_403_FORBIDDEN
+    default_message = (
+        "This invitation was sent to another email address. Sign in with that address to accept it."
+    )
+
+
 class NotAllowed(ApplicationError):
     code = "not_allowed"
     status_code = status.HTTP_403_FORBIDDEN

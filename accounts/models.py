@@ -165,6 +165,49 @@ class Membership(models.Model):
         return self.spend_month_micro if self.spend_month == month else 0
 
 
+class Invitation(models.Model):
+    """An invitation to join an organization, sent by email (usually to someone without
+    an account yet). Accepted once, by the account with that email address, before
+    ``expires_at``. Only a SHA-256 hash of the link's secret is stored."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="invitations"
+    )
+    email = models.EmailField(help_text="Lower-cased; only this address can accept.")
+    role = models.CharField(
+        max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER
+    )
+    monthly_spend_limit_micro = models.BigIntegerField(null=True, blank=True)
+    invited_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, related_name="+", db_index=False
+    )
+    secret_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+    )
+
+    class Meta:
+        constraints = [
+            # One open invitation per address and organization (inviting again replaces it).
+            models.UniqueConstraint(
+                fields=["organization", "email"],
+                condition=models.Q(accepted_at__isnull=True),
+                name="accounts_invitation_open_unique",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(monthly_spend_limit_micro__isnull=True)
+                | models.Q(monthly_spend_limit_micro__gte=0),
+                name="accounts_invitation_limit_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Invitation of {self.email} to {self.organization_id}"
+
+
 class BillingTier(models.Model):
     """A rate multiplier on every price (DESIGN.md: ``tier_rate``), e.g. 0.3, 1.0 or 1.5."""
 

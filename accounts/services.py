@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import ipaddress
 import re
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -28,6 +31,9 @@ from accounts.errors import (
     InvalidToken,
     InvalidTokenName,
     InvalidWebhookUrl,
+    InvitationForAnotherEmail,
+    InvitationNotFound,
+    InvitationUnusable,
     IpNotAllowed,
     LastOwner,
     NotAllowed,
@@ -40,6 +46,7 @@ from accounts.errors import (
 from accounts.models import (
     ApiToken,
     BillingTier,
+    Invitation,
     Membership,
     Organization,
     TokenGroup,
@@ -134,6 +141,19 @@ def _require_manager(*, organization: Organization, actor: User) -> None:
         raise NotAllowed("Only owners and admins can manage members.")
 
 
+def _require_grantable_role(*, organization: Organization, actor: User, role: str) -> None:
+    _require_manager(organization=organization, actor=actor)
+    if role not in Membership.Role.values:
+        raise NotAllowed("Unknown role.", role=role)
+    if (
+        role == Membership.Role.OWNER
+        and not Membership.objects.filter(
+            organization=organization, user=actor, role=Membership.Role.OWNER
+        ).exists()
+    ):
+        raise NotAllowed("Only owners can add owners.")
+
+
 @transaction.atomic
 def membership_add(
     *,
@@ -145,16 +165,7 @@ def membership_add(
 ) -> Membership:
     """Add ``user`` to ``organization``; only owners and admins may, and only owners can
     create owners."""
-    _require_manager(organization=organization, actor=actor)
-    if role not in Membership.Role.values:
-        raise NotAllowed("Unknown role.", role=role)
-    if (
-        role == Membership.Role.OWNER
-        and not Membership.objects.filter(
-            organization=organization, user=actor, role=Membership.Role.OWNER
-        ).exists()
-    ):
-        raise NotAllowed("Only owners can add owners.")
+    _require_grantable_role(organization=organization, actor=actor, role=role)
     if Membership.objects.filter(organization=organization, user=user).exists():
         raise AlreadyMember(email=user.email)
     return Membership.objects.create(
@@ -163,6 +174,105 @@ def membership_add(
         role=role,
         monthly_spend_limit_micro=_limit_micro(monthly_spend_limit_credits),
     )
+
+
+def _invitation_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def invitation_create(
+    *,
+    organization: Organization,
+    email: str,
+    actor: User,
+    role: str = Membership.Role.MEMBER,
+    monthly_spend_limit_credits: object = None,
+    now: dt.datetime | None = None,
+) -> tuple[Invitation, str]:
+    """Invite ``email`` to ``organization`` (owners and admins; only owners invite owners)
+    and email the link, once the invitation is committed. Returns the invitation and the
+    link's secret, which is not stored (only its hash). Inviting the same address again
+    replaces the open invitation, so only the newest link works."""
+    now = now or timezone.now()
+    email = normalize_email(email).lower()
+    limit = _limit_micro(monthly_spend_limit_credits)
+    with transaction.atomic():
+        _require_grantable_role(organization=organization, actor=actor, role=role)
+        if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+            raise AlreadyMember(email=email)
+        Invitation.objects.filter(
+            organization=organization, email=email, accepted_at__isnull=True
+        ).delete()
+        secret = secrets.token_urlsafe(32)
+        invitation = Invitation.objects.create(
+            organization=organization,
+            email=email,
+            role=role,
+            monthly_spend_limit_micro=limit,
+            invited_by=actor,
+            secret_hash=_invitation_hash(secret),
+            created_at=now,
+            expires_at=now + dt.timedelta(days=settings.ORGANIZATION_INVITATION_DAYS),
+        )
+        transaction.on_commit(functools.partial(_invitation_send, invitation, secret))
+    return invitation, secret
+
+
+def _invitation_send(invitation: Invitation, secret: str) -> None:
+    link = f"{settings.SITE_URL.rstrip('/')}/accounts/invitations/{secret}/"
+    inviter = invitation.invited_by.email if invitation.invited_by else "An administrator"
+    send_mail(
+        subject=f"Join {invitation.organization.name}",
+        message=(
+            f"{inviter} invited you to join {invitation.organization.name} "
+            f"as {invitation.get_role_display().lower()}.\n\n"
+            f"Create an account (or sign in) with this email address and open:\n{link}\n\n"
+            f"The link works once, until {invitation.expires_at:%Y-%m-%d %H:%M} UTC."
+        ),
+        from_email=None,
+        recipient_list=[invitation.email],
+    )
+
+
+def invitation_get(*, secret: str) -> Invitation:
+    invitation = (
+        Invitation.objects.select_related("organization")
+        .filter(secret_hash=_invitation_hash(secret))
+        .first()
+    )
+    if invitation is None:
+        raise InvitationNotFound()
+    return invitation
+
+
+@transaction.atomic
+def invitation_accept(*, secret: str, user: User, now: dt.datetime | None = None) -> Membership:
+    """Join the organization of the invitation behind ``secret``: once, before it expires,
+    and only as the account of the invited address."""
+    now = now or timezone.now()
+    invitation = (
+        Invitation.objects.select_for_update()
+        .select_related("organization")
+        .filter(secret_hash=_invitation_hash(secret))
+        .first()
+    )
+    if invitation is None:
+        raise InvitationNotFound()
+    if invitation.accepted_at is not None or invitation.expires_at <= now:
+        raise InvitationUnusable()
+    if user.email.lower() != invitation.email:
+        raise InvitationForAnotherEmail()
+    if Membership.objects.filter(organization=invitation.organization, user=user).exists():
+        raise AlreadyMember(email=user.email)
+    membership = Membership.objects.create(
+        organization=invitation.organization,
+        user=user,
+        role=invitation.role,
+        monthly_spend_limit_micro=invitation.monthly_spend_limit_micro,
+    )
+    invitation.accepted_at, invitation.accepted_by = now, user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    return membership
 
 
 @transaction.atomic

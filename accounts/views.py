@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -10,12 +10,14 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts import services
-from accounts.errors import EmailTaken
+from accounts.errors import EmailTaken, InvitationUnusable
 from accounts.forms import EmailAuthenticationForm, SignupForm
-from config.errors import LimiterUnavailable
+from accounts.models import User
+from config.errors import ApplicationError, LimiterUnavailable
 from config.ratelimit import Window
 from config.redirects import safe_next
 from referrals import views as referral_views
@@ -107,3 +109,33 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+@require_http_methods(["GET", "POST"])
+def invitation(request: HttpRequest, secret: str) -> HttpResponse:
+    """An emailed invitation to join an organization: shown to anyone with the link;
+    accepted (POST) by the signed-in account of the invited address."""
+    try:
+        invite = services.invitation_get(secret=secret)
+    except ApplicationError as exc:
+        return render(request, "registration/invitation.html", {"error": exc.message}, status=404)
+    status, error = 200, ""
+    if request.method == "POST":
+        if not request.user.is_authenticated:
+            return redirect(f"{reverse('accounts:login')}?next={request.path}")
+        try:
+            membership = services.invitation_accept(secret=secret, user=cast(User, request.user))
+        except ApplicationError as exc:
+            status, error = exc.status_code, exc.message
+        else:
+            messages.success(request, f"You joined {membership.organization.name}.")
+            return redirect("console:organization", slug=membership.organization.slug)
+    usable = invite.accepted_at is None and invite.expires_at > timezone.now()
+    if not usable and not error:
+        status, error = 410, InvitationUnusable.default_message
+    return render(
+        request,
+        "registration/invitation.html",
+        {"invitation": invite, "error": error, "usable": usable},
+        status=status,
+    )

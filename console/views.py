@@ -559,12 +559,19 @@ def _organization_post(request: HttpRequest, *, org: Any) -> tuple[int, forms.Me
                 return 400, invite_form
             user = account_selectors.user_get_by_email(email=invite_form.cleaned_data["email"])
             if user is None:
-                messages.error(
-                    request,
-                    "There is no account with this email address. Ask them to sign up first, "
-                    "then add them here.",
+                invitation, _ = account_services.invitation_create(
+                    organization=org,
+                    email=invite_form.cleaned_data["email"],
+                    actor=_user(request),
+                    role=invite_form.cleaned_data["role"],
+                    monthly_spend_limit_credits=invite_form.cleaned_data["limit"] or None,
                 )
-                return 400, invite_form
+                messages.success(
+                    request,
+                    f"There is no account for {invitation.email} yet: we emailed an invitation "
+                    f"to join, valid until {invitation.expires_at:%Y-%m-%d} (UTC).",
+                )
+                return 302, forms.MemberInviteForm()
             account_services.membership_add(
                 organization=org,
                 user=user,

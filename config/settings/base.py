@@ -397,3 +397,7 @@ GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)
 GATEWAY_HOLD_ASYNC_COMMIT = env.bool("GATEWAY_HOLD_ASYNC_COMMIT", default=True)
 # Seconds each process keeps the channel list (an admin edit takes effect within this).
 GATEWAY_CHANNEL_CACHE_SECONDS = env.float("GATEWAY_CHANNEL_CACHE_SECONDS", default=5.0)
+
+# --- Organization invitations -------------------------------------------------------------
+# Days an emailed invitation to join an organization stays usable.
+ORGANIZATION_INVITATION_DAYS = env.int("ORGANIZATION_INVITATION_DAYS", default=7)

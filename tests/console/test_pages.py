@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from accounts import services as account_services
-from accounts.models import ApiToken, Membership, User
+from accounts.models import ApiToken, Invitation, Membership, User
 from tests.console.conftest import browser
 from tests.console.test_rollups import record
 from tests.factories import OrganizationFactory, UserFactory
@@ -142,9 +142,22 @@ def test_owners_set_limits_and_members_see_only_their_spend(user) -> None:
     assert "Only owners and admins" in refused.content.decode()
     assert Membership.objects.get(pk=mine.pk).monthly_spend_limit_micro == micro("25")
     unknown = browser(user).post(
-        url, {"action": "invite", "email": "nobody@example.com", "role": "member"}
+        url,
+        {"action": "invite", "email": "Nobody@Example.com", "role": "member", "limit": "5"},
+        follow=True,
     )
-    assert "Ask them to sign up first" in unknown.content.decode()
+    assert "we emailed an invitation" in unknown.content.decode()
+    invitation = Invitation.objects.get(organization=org)
+    assert (invitation.email, invitation.monthly_spend_limit_micro) == (
+        "nobody@example.com",
+        micro("5"),
+    )
+    # A plain member cannot invite.
+    refused_invite = browser(member).post(
+        url, {"action": "invite", "email": "other@example.com", "role": "member"}
+    )
+    assert refused_invite.status_code == 403
+    assert Invitation.objects.count() == 1
 
 
 def test_a_bad_top_up_amount_is_explained(user) -> None:
