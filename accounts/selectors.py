@@ -1,8 +1,17 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from accounts.models import ApiToken, Membership, Organization, TokenGroup, User, normalize_email
+from accounts.models import (
+    ApiToken,
+    Invitation,
+    Membership,
+    Organization,
+    TokenGroup,
+    User,
+    normalize_email,
+)
 
 
 def user_get_by_email(*, email: str) -> User | None:
@@ -48,3 +57,10 @@ def api_token_quota_left(*, token: ApiToken) -> int | None:
     if token.quota_micro is None:
         return None
     return max(token.quota_micro - token.used_micro, 0)
+
+
+def invitation_list_open(*, organization: Organization) -> QuerySet[Invitation]:
+    """Invitations of ``organization`` not yet accepted and not expired, newest first."""
+    return Invitation.objects.filter(
+        organization=organization, accepted_at__isnull=True, expires_at__gt=timezone.now()
+    ).order_by("-created_at")

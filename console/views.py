@@ -520,6 +520,9 @@ def organization(request: HttpRequest, slug: str) -> HttpResponse:
             "members": [(m, m.spent_in(month)) for m in visible],
             "month": month,
             "invite_form": invite_form,
+            "invitations": (
+                account_selectors.invitation_list_open(organization=org) if me.can_manage else []
+            ),
             "roles": Membership.Role.choices,
         },
         status=status,

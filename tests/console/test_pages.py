@@ -152,6 +152,7 @@ def test_owners_set_limits_and_members_see_only_their_spend(user) -> None:
         "nobody@example.com",
         micro("5"),
     )
+    assert "nobody@example.com · member" in browser(user).get(url).content.decode()
     # A plain member cannot invite.
     refused_invite = browser(member).post(
         url, {"action": "invite", "email": "other@example.com", "role": "member"}
