@@ -166,13 +166,21 @@ def membership_add(
     """Add ``user`` to ``organization``; only owners and admins may, and only owners can
     create owners."""
     _require_grantable_role(organization=organization, actor=actor, role=role)
-    if Membership.objects.filter(organization=organization, user=user).exists():
-        raise AlreadyMember(email=user.email)
-    return Membership.objects.create(
+    return _membership_create(
         organization=organization,
         user=user,
         role=role,
-        monthly_spend_limit_micro=_limit_micro(monthly_spend_limit_credits),
+        limit_micro=_limit_micro(monthly_spend_limit_credits),
+    )
+
+
+def _membership_create(
+    *, organization: Organization, user: User, role: str, limit_micro: int | None
+) -> Membership:
+    if Membership.objects.filter(organization=organization, user=user).exists():
+        raise AlreadyMember(email=user.email)
+    return Membership.objects.create(
+        organization=organization, user=user, role=role, monthly_spend_limit_micro=limit_micro
     )
 
 
@@ -262,13 +270,11 @@ def invitation_accept(*, secret: str, user: User, now: dt.datetime | None = None
         raise InvitationUnusable()
     if user.email.lower() != invitation.email:
         raise InvitationForAnotherEmail()
-    if Membership.objects.filter(organization=invitation.organization, user=user).exists():
-        raise AlreadyMember(email=user.email)
-    membership = Membership.objects.create(
+    membership = _membership_create(
         organization=invitation.organization,
         user=user,
         role=invitation.role,
-        monthly_spend_limit_micro=invitation.monthly_spend_limit_micro,
+        limit_micro=invitation.monthly_spend_limit_micro,
     )
     invitation.accepted_at, invitation.accepted_by = now, user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
