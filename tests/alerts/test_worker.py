@@ -76,7 +76,9 @@ def worker(mail_dir: Path) -> Iterator[Celery]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    producer = Celery("test-producer", broker=redis_url, backend=redis_url)
+    # Not the current app: tasks the later tests enqueue must still run eagerly in-process
+    # (a new Celery app makes itself current, and shared tasks follow the current app).
+    producer = Celery("test-producer", broker=redis_url, backend=redis_url, set_as_current=False)
     try:
         yield producer
     finally:
