@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from celery import current_app
 from django.core.cache import cache
 
 from accounts.models import User
+from config.celery import app as celery_app
 from tests.factories import OrganizationFactory, UserFactory
 from tests.redis_server import own_redis  # noqa: F401 (a fixture for every suite)
 from wallet.models import Wallet
@@ -13,6 +17,14 @@ from wallet.models import Wallet
 def _clear_cache() -> None:
     # Rate-limit counters live in the shared cache; each test starts from zero.
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _celery_app_unchanged() -> Iterator[None]:
+    """Tasks run eagerly through the project's Celery app; a test that makes another app
+    current would silently send every later test's tasks to a broker. Fail that test."""
+    yield
+    assert current_app._get_current_object() is celery_app, "a test changed Celery's app"
 
 
 @pytest.fixture
