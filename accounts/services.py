@@ -815,6 +815,19 @@ def membership_spend_add(*, membership_id: int, amount: int, now: dt.datetime) -
     sql.execute(_MEMBER_SPEND_ADD, [month, amount, max(amount, 0), month, membership_id])
 
 
+_MEMBER_SPEND_CORRECT = (
+    'UPDATE "accounts_membership" SET "spend_month_micro" = GREATEST("spend_month_micro" + %s, 0) '
+    'WHERE "id" = %s AND "spend_month" = %s'
+)
+
+
+def membership_spend_correct(*, membership_id: int, amount: int, month_of: dt.datetime) -> None:
+    """Correct by ``amount`` µcr what the member spent in the month of ``month_of`` (a staff
+    correction of a charge made then). Nothing changes once the member's count has moved on
+    to a later month: that month's limit is spent and gone."""
+    sql.execute(_MEMBER_SPEND_CORRECT, [amount, membership_id, month_start(month_of)])
+
+
 def model_rules_clean(rules: Iterable[str]) -> list[str]:
     """Validate model allow-list entries (ids or shell patterns), e.g. for admin forms."""
     return _clean_models(rules)

@@ -320,12 +320,23 @@ def staff_usage_charge_correct(
             # The token's lifetime usage (its quota) follows the corrected charge. Locked
             # before the wallet: the global lock order is token, membership, hold, wallet.
             reversed_micro = -original.amount if original is not None else 0
+            delta = (new_charge_micro or 0) - reversed_micro
             account_services.api_token_spend_add(
                 token_id=locked.token_id,
-                amount=(new_charge_micro or 0) - reversed_micro,
+                amount=delta,
                 # Like any charge, a correction counts in the budget period it is made in.
                 now=timezone.now(),
             )
+            # A pool member's monthly spend follows too, in the month of the request.
+            membership_id = (
+                ApiToken.objects.filter(pk=locked.token_id)
+                .values_list("membership_id", flat=True)
+                .first()
+            )
+            if membership_id is not None:
+                account_services.membership_spend_correct(
+                    membership_id=membership_id, amount=delta, month_of=locked.finished_at
+                )
         entries: list[LedgerEntry] = []
         if original is not None and original.amount < 0:
             entries.append(

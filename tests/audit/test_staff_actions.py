@@ -15,6 +15,7 @@ from audit.errors import AdjustmentOverLimit, ChargeAlreadyCorrected, StaffActio
 from audit.models import AuditRecord
 from tests.audit.conftest import charge, staff_member
 from tests.helpers import ledger_state, micro, refresh
+from tests.usage.conftest import org_member  # noqa: F401 (a fixture)
 from usage.models import UsageRecord
 from wallet.errors import BalanceWouldGoNegative, InsufficientCredits, ReasonRequired
 from wallet.models import CreditLot, LedgerEntry
@@ -223,6 +224,43 @@ def test_a_correction_reverses_the_charge_and_charges_the_right_amount(
     audit = AuditRecord.objects.get()
     assert audit.action == "usage.charge_correct"
     assert audit.before["charged"] == micro("2.5") and audit.after["charged"] == micro("1")
+
+
+def test_a_correction_moves_a_pool_members_monthly_spend_in_the_requests_month(
+    support,
+    org_member,  # noqa: F811
+    prices,
+) -> None:
+    from accounts.models import Membership
+    from tests.usage.conftest import make_token
+    from wallet.models import Wallet
+
+    member, organization = org_member
+    token = make_token(member, organization=organization)[0]
+    record = charge(token)  # 2.50 credits from the pool
+    membership = Membership.objects.get(organization=organization, user=member)
+    assert membership.spend_month_micro == micro("2.5")
+    services.staff_usage_charge_correct(
+        actor=support,
+        record=record,
+        new_charge_micro=micro("1"),
+        reason="Upstream double-counted tokens",
+        idempotency_key="fix-pool",
+    )
+    membership.refresh_from_db()
+    assert membership.spend_month_micro == micro("1")
+    assert refresh(Wallet.objects.get(organization=organization)).balance == micro("99")
+    # A record from a month the member's count has left changes nothing in the new month.
+    later = charge(token)
+    Membership.objects.filter(pk=membership.pk).update(
+        spend_month=(timezone.now() + dt.timedelta(days=40)).date().replace(day=1),
+        spend_month_micro=micro("7"),
+    )
+    services.staff_usage_charge_correct(
+        actor=support, record=later, new_charge_micro=None, reason="refund", idempotency_key="x"
+    )
+    membership.refresh_from_db()
+    assert membership.spend_month_micro == micro("7")
 
 
 def test_a_correction_without_a_new_charge_gives_everything_back(support, token, customer_wallet):
