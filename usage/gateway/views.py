@@ -196,12 +196,22 @@ async def _complete(
     return reply
 
 
-class StreamMeter:
-    """Reads the SSE stream as it passes: the usage chunk, if any, and the characters of
-    text produced (for the estimate when there is none)."""
+# The end of a server-sent event: a blank line, whichever line ending the upstream uses.
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
-    def __init__(self, *, keep: int = 0) -> None:
+
+class StreamMeter:
+    """Reads the SSE stream as it passes, each event once: the usage chunk, if any, and
+    the characters of text produced (for the estimate when there is none).
+
+    ``hide_usage``: drop the usage-only event (no choices, a ``usage`` object) from what is
+    relayed: we ask the upstream for it to charge the call, but a client that did not ask
+    may not expect an event without choices. Other events pass unchanged, each as soon as
+    it is complete; without ``hide_usage`` the bytes pass exactly as they arrive."""
+
+    def __init__(self, *, keep: int = 0, hide_usage: bool = False) -> None:
         self._pending = b""
+        self._hide_usage = hide_usage
         self.usage: Any = None
         self.chars = 0
         # Content logging: keep up to ``keep`` characters of text, and the tool calls.
@@ -238,21 +248,41 @@ class StreamMeter:
                 if isinstance(part, str) and len(call["function"][key]) < self._keep:
                     call["function"][key] += part
 
-    def feed(self, chunk: bytes) -> None:
-        lines = (self._pending + chunk).split(b"\n")
-        self._pending = lines.pop()
-        for line in lines:
+    def feed(self, chunk: bytes) -> bytes:
+        """Meter ``chunk``; returns what to relay of it."""
+        data, start, passed = self._pending + chunk, 0, []
+        for end in _EVENT_END.finditer(data):
+            event = data[start : end.end()]
+            start = end.end()
+            if not self._read(event) or not self._hide_usage:
+                passed.append(event)
+        self._pending = data[start:]
+        return b"".join(passed) if self._hide_usage else chunk
+
+    def flush(self) -> bytes:
+        """At the end of the stream: meter an unfinished last event; returns what is
+        still to relay (nothing unless events are being held back)."""
+        rest, self._pending = self._pending, b""
+        usage_only = self._read(rest)
+        return rest if self._hide_usage and not usage_only else b""
+
+    def _read(self, event: bytes) -> bool:
+        """Meter one event; True if it is the usage-only event."""
+        usage_only = False
+        for line in event.split(b"\n"):
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
             if not payload or payload == b"[DONE]":
                 continue
             try:
-                event = json.loads(payload)
+                data = json.loads(payload)
             except ValueError:
                 continue
-            if isinstance(event, dict):
-                self._event(event)
+            if isinstance(data, dict):
+                self._event(data)
+                usage_only = not data.get("choices") and isinstance(data.get("usage"), dict)
+        return usage_only
 
     def _event(self, event: dict[str, Any]) -> None:
         if isinstance(event.get("usage"), dict):
@@ -273,51 +303,6 @@ class StreamMeter:
                     self.chars += len(function["arguments"])
                 if self._keep and isinstance(tool_call, dict):
                     self._keep_tool_call(tool_call)
-
-
-# The end of a server-sent event: a blank line, whichever line ending the upstream uses.
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-
-
-class UsageChunkFilter:
-    """Drops the usage-only event (no choices, a ``usage`` object) from a stream whose
-    client did not ask for it: we ask the upstream for it to charge the call, but a client
-    that did not may not expect an event without choices. Other events pass unchanged,
-    each as soon as it is complete."""
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        data, start, passed = self._pending + chunk, 0, []
-        for end in _EVENT_END.finditer(data):
-            event = data[start : end.end()]
-            if not self._usage_only(event):
-                passed.append(event)
-            start = end.end()
-        self._pending = data[start:]
-        return b"".join(passed)
-
-    def flush(self) -> bytes:
-        rest, self._pending = self._pending, b""
-        return b"" if self._usage_only(rest) else rest
-
-    @staticmethod
-    def _usage_only(event: bytes) -> bool:
-        if b'"usage"' not in event:
-            return False
-        for line in event.split(b"\n"):
-            if line.startswith(b"data:"):
-                try:
-                    data = json.loads(line[5:])
-                except ValueError:
-                    return False
-                return (
-                    isinstance(data, dict)
-                    and not data.get("choices")
-                    and isinstance(data.get("usage"), dict)
-                )
-        return False
 
 
 class MeteredStream(StreamingHttpResponse):
@@ -364,17 +349,16 @@ async def _relay(
     ends, breaks, or the client leaves, stop reading upstream and charge what was
     produced."""
     # One character past the limit shows the stored text was cut.
-    meter = StreamMeter(keep=settings.CONTENT_LOG_MAX_CHARS + 1 if admission.log_content else 0)
-    hide_usage = None if admission.call.client_wants_usage else UsageChunkFilter()
+    meter = StreamMeter(
+        keep=settings.CONTENT_LOG_MAX_CHARS + 1 if admission.log_content else 0,
+        hide_usage=not admission.call.client_wants_usage,
+    )
     outcome.relayed = True
     try:
         async for chunk in answer.response.aiter_bytes():
-            meter.feed(chunk)
-            if hide_usage is None:
-                yield chunk
-            elif passed := hide_usage.feed(chunk):
+            if passed := meter.feed(chunk):
                 yield passed
-        if hide_usage is not None and (rest := hide_usage.flush()):
+        if rest := meter.flush():
             yield rest
     except httpx.HTTPError as exc:
         outcome.status = UsageRecord.Status.FAILED
@@ -385,6 +369,7 @@ async def _relay(
         outcome.error = "The client disconnected."
         raise
     finally:
+        meter.flush()  # a stream cut off or left mid-event: meter what did arrive
         outcome.usage, outcome.output_chars = meter.usage, meter.chars
         if admission.log_content:
             outcome.response_text, outcome.tool_calls = meter.text, meter.tool_calls

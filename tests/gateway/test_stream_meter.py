@@ -1,4 +1,5 @@
-"""The relay's filter of the usage-only event, on byte streams cut anywhere."""
+"""The relay's meter dropping the usage-only event for clients that did not ask for it,
+on byte streams cut anywhere; it still reads the usage."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from usage.gateway.views import UsageChunkFilter
+from usage.gateway.views import StreamMeter
 
 
 def _event(data: dict, newline: bytes = b"\n") -> bytes:
@@ -26,14 +27,24 @@ def test_only_the_usage_only_event_is_dropped_wherever_the_stream_is_cut(
     kept = [_event(CONTENT, newline), _event(LAST_WITH_USAGE, newline)]
     done = b"data: [DONE]" + newline + newline
     stream = kept[0] + kept[1] + _event(USAGE, newline) + done
-    sieve = UsageChunkFilter()
+    sieve = StreamMeter(hide_usage=True)
     out = b"".join(sieve.feed(stream[i : i + cut]) for i in range(0, len(stream), cut))
     out += sieve.flush()
     assert out == kept[0] + kept[1] + done
+    assert sieve.usage == USAGE["usage"] and sieve.chars == len("Hi")
+
+
+def test_without_hiding_the_bytes_pass_as_they_arrive() -> None:
+    meter = StreamMeter()
+    stream = _event(CONTENT) + _event(USAGE)
+    assert meter.feed(stream[:7]) == stream[:7]
+    assert meter.feed(stream[7:]) == stream[7:]
+    assert meter.flush() == b""
+    assert meter.usage == USAGE["usage"]
 
 
 def test_complete_events_pass_at_once_and_an_unfinished_one_waits() -> None:
-    sieve = UsageChunkFilter()
+    sieve = StreamMeter(hide_usage=True)
     first = _event(CONTENT)
     assert sieve.feed(first + first[:10]) == first
     assert sieve.feed(first[10:]) == first
@@ -41,7 +52,7 @@ def test_complete_events_pass_at_once_and_an_unfinished_one_waits() -> None:
 
 
 def test_a_stream_cut_inside_the_usage_event_drops_it_at_the_end() -> None:
-    sieve = UsageChunkFilter()
+    sieve = StreamMeter(hide_usage=True)
     usage = _event(USAGE)
     assert sieve.feed(usage[:-2]) == b""
     assert sieve.flush() == b""
