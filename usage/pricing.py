@@ -36,6 +36,12 @@ class Usage:
     reasoning_tokens: int = 0
     task_units: Decimal = field(default_factory=Decimal)
 
+    @property
+    def tokens(self) -> int:
+        """Every token of the request (cached input is part of the input): what a
+        tokens-per-minute limit counts."""
+        return self.input_tokens + self.output_tokens + self.reasoning_tokens
+
 
 @dataclass(frozen=True)
 class PriceLine:

@@ -474,9 +474,7 @@ def authorization_create(
         if existing is not None:
             return _authorization_replay(existing, fingerprint)
     usage = estimate.usage
-    _check_rate_limits(
-        token, usage.input_tokens + usage.output_tokens + usage.reasoning_tokens, now
-    )
+    _check_rate_limits(token, usage.tokens, now)
     try:
         with transaction.atomic():
             if not durable:
@@ -842,10 +840,7 @@ def authorization_capture(
             settled_at=now
         )
         raise
-    used = report.usage
-    _recount_tokens(
-        authorization, used.input_tokens + used.output_tokens + used.reasoning_tokens, now
-    )
+    _recount_tokens(authorization, report.usage.tokens, now)
     return RecordResult(record, available_after=charge.available_after)
 
 
