@@ -42,6 +42,7 @@ from metering import (  # noqa: E402  (bench/ is on the path when run as a scrip
     cpu_seconds,
     django_on_scratch_database,
     load_average,
+    production_env,
     psql,
 )
 
@@ -137,18 +138,7 @@ def seed(clients: int) -> list[str]:
 def start_gateway(args: argparse.Namespace, upstream_port: int) -> Server:
     port = free_port()
     env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.production",
-        "DJANGO_SECRET_KEY": "bench-secret-key-not-for-production-use-0123456789",
-        "REDEMPTION_CODE_SECRET": "bench-redemption-secret-not-for-production-0123456789",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "DATABASE_URL": args.database_url,
-        "REDIS_URL": args.redis_url,
-        "CACHE_KEY_PREFIX": "bench-gateway",
-        "API_TOKEN_RATE_LIMIT": "100000000",
-        "DB_POOL_MIN_SIZE": "4",
-        "DB_POOL_MAX_SIZE": "16",
-        "LOG_LEVEL": "WARNING",
+        **production_env(args, "bench-gateway"),
         "UPSTREAM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
         "UPSTREAM_API_KEY": "sk-bench-upstream",
     }
@@ -157,7 +147,7 @@ def start_gateway(args: argparse.Namespace, upstream_port: int) -> Server:
             sys.executable, "-m", "uvicorn", "config.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-            "--lifespan", "off", "--log-level", "warning",
+            "--lifespan", "on", "--log-level", "warning",
         ],
         cwd=ROOT,
         env=env,

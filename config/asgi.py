@@ -58,6 +58,9 @@ class SyncStackASGIHandler(ASGIHandler):
         )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         # Only the event loop's thread touches the list, so pop/append need no lock.
@@ -75,6 +78,20 @@ class SyncStackASGIHandler(ASGIHandler):
                 await after_response.run(deferred)
         finally:
             self._idle_executors.append(executor)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        """Nothing to start; at shutdown, close what this process opened on its event loop
+        (the gateway's pooled upstream connections)."""
+        from usage.gateway import upstream  # imports models: only once Django is set up
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await upstream.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["path"].startswith(GATEWAY_PREFIX):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -37,6 +38,17 @@ def _run(sql: str, params: Sequence[Any], *, fetch: bool) -> Any:
     with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchone() if fetch else cursor.rowcount
+
+
+def run_on_postgresql(schema_editor: Any, *statements: str) -> None:
+    """A migration step that exists only on PostgreSQL (functions, triggers; SQLite runs
+    the Python twins). A plain cursor: the bodies contain "%" (RAISE formats), not query
+    parameters."""
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    with schema_editor.connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
 
 
 def fetch_one(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
@@ -126,13 +138,37 @@ def create(model_class: type[M], /, **fields: Any) -> M:
     """``model.objects.create(**fields)`` for hot paths: the instance is built (defaults
     applied, relations resolved) and inserted with one plain statement. No ``save()``
     hooks or signals run; the models this is used for have none."""
-    instance = model_class(**fields)
-    values = {
+    return save_new(model_class(**fields))
+
+
+def _values(instance: models.Model) -> dict[str, Any]:
+    return {
         field.attname: getattr(instance, field.attname)
-        for field in _fields(model_class)
+        for field in _fields(type(instance))
         if not field.primary_key
     }
-    instance.pk = insert(model_class, values)
+
+
+def save_new(instance: M) -> M:
+    """Insert a new, unsaved instance with one plain statement (as ``create``)."""
+    instance.pk = insert(type(instance), _values(instance))
     instance._state.adding = False
     instance._state.db = connection.alias
     return instance
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (Decimal, dt.datetime, dt.date)):
+        return str(value)  # PostgreSQL reads these from their text form
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def json_row(instance: models.Model) -> str:
+    """Every column of a new instance but its id, as one JSON object keyed by column, for a
+    PostgreSQL function that inserts it with ``jsonb_populate_record`` (JSON fields go in
+    as the JSON they hold)."""
+    by_name = {field.attname: field.column for field in _fields(type(instance))}
+    return json.dumps(
+        {by_name[name]: value for name, value in _values(instance).items()},
+        default=_json_value,
+    )

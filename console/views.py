@@ -401,12 +401,15 @@ def tokens(request: HttpRequest) -> HttpResponse:
     usage = consumption.usage_totals_by_token(
         user=_user(request), wallet_ids=sorted({t.wallet_id for t in own})
     )
+    in_flight = usage_selectors.tokens_in_flight(
+        token_ids=[t.pk for t in own if t.budget_micro is not None]
+    )
     rows = [
         (
             token,
             account_selectors.api_token_quota_left(token=token),
             usage.get(token.pk, consumption.Sums()).requests,
-            usage_selectors.token_budget_status(token=token),
+            usage_selectors.token_budget_status(token=token, in_flight=in_flight.get(token.pk, 0)),
         )
         for token in own
     ]

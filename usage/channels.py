@@ -1,22 +1,28 @@
 """Upstream channels of the OpenAI-compatible gateway: the writes (staff, through the admin)
 and the one read the gateway makes per request.
 
-An API key is write-only: it is stored to be sent upstream, but never displayed again (only
-its last four characters, ``api_key_hint``) and never logged; ``Channel.__repr__`` hides it.
+An API key is write-only: it is stored sealed (``usage.keybox``) to be sent upstream, but
+never displayed again (only its last four characters, ``api_key_hint``) and never logged;
+``Channel.__repr__`` hides it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from config.errors import ValidationFailed
+from usage import keybox
 from usage.models import UpstreamChannel
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidChannel(ValidationFailed):
@@ -75,7 +81,7 @@ def upstream_channel_save(
     channel.model_map = channel_model_map_clean(channel.model_map)
     if api_key:
         key = api_key.strip()
-        channel.api_key = key
+        channel.api_key = keybox.seal(key)
         channel.api_key_hint = key[-4:] if len(key) >= 8 else ""
     channel.updated_at = timezone.now()
     channel.save()
@@ -104,10 +110,39 @@ def channel_list_for_gateway() -> list[Channel]:
 
 
 def _channel_list() -> list[Channel]:
-    rows = UpstreamChannel.objects.filter(enabled=True).values_list(
-        "name", "base_url", "api_key", "model_map"
+    rows = list(
+        UpstreamChannel.objects.filter(enabled=True).values_list(
+            "name", "base_url", "api_key", "model_map"
+        )
     )
-    channels = [Channel(name, url, key, dict(mapping or {})) for name, url, key, mapping in rows]
-    if channels:
-        return channels
-    return [Channel("default", settings.UPSTREAM_BASE_URL, settings.UPSTREAM_API_KEY)]
+    if not rows:
+        return [Channel("default", settings.UPSTREAM_BASE_URL, settings.UPSTREAM_API_KEY)]
+    channels = []
+    for name, url, stored, mapping in rows:
+        try:
+            key = keybox.unseal(stored)
+        except keybox.KeyUnreadable as exc:
+            # Skipped, not sent keyless; with no channel left, calls get 503.
+            logger.error("upstream channel %s skipped: %s", name, exc)
+            continue
+        channels.append(Channel(name, url, key, dict(mapping or {})))
+    return channels
+
+
+def upstream_keys_reseal() -> int:
+    """Seal every stored key under the current ``UPSTREAM_KEY_SECRET`` (after a rotation;
+    keys already under it are re-sealed too). All or nothing: a key no configured secret
+    opens raises ``KeyUnreadable`` naming its channel, and nothing is changed. Returns the
+    number of keys re-sealed."""
+    global _cache
+    count = 0
+    with transaction.atomic():
+        for channel in UpstreamChannel.objects.select_for_update().exclude(api_key=""):
+            try:
+                resealed = keybox.reseal(channel.api_key)
+            except keybox.KeyUnreadable as exc:
+                raise keybox.KeyUnreadable(f"channel {channel.name}: {exc}") from None
+            UpstreamChannel.objects.filter(pk=channel.pk).update(api_key=resealed)
+            count += 1
+    _cache = None
+    return count

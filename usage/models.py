@@ -412,8 +412,8 @@ class UpstreamChannel(models.Model):
     tried by ``priority`` (highest first); the next one is tried when a channel cannot be
     reached or answers 5xx before anything was sent to the client.
 
-    ``api_key`` is write-only: the admin never displays it (only ``api_key_hint``, its last
-    four characters) and nothing logs it.
+    ``api_key`` is write-only: stored sealed (``usage.keybox``), never displayed by the
+    admin (only ``api_key_hint``, its last four characters) and never logged.
     """
 
     name = models.CharField(max_length=100, unique=True)
@@ -422,7 +422,7 @@ class UpstreamChannel(models.Model):
         default="https://openrouter.ai/api/v1",
         help_text="The OpenAI-compatible API root, e.g. https://openrouter.ai/api/v1.",
     )
-    api_key = models.CharField(max_length=500, blank=True)
+    api_key = models.CharField(max_length=1000, blank=True, help_text="Sealed (usage.keybox).")
     api_key_hint = models.CharField(max_length=8, blank=True, editable=False)
     model_map = models.JSONField(
         default=dict,

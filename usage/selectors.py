@@ -7,6 +7,7 @@ Usage records are read by their owner only: every list and lookup is scoped to o
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,6 @@ from django.utils import timezone
 from config import sql
 from usage.errors import AuthorizationNotFound, UnknownModel, UsageRecordNotFound
 from usage.models import Authorization, ModelPrice, UsageContent, UsageRecord
-from wallet import selectors as wallet_selectors
 from wallet.models import Hold
 
 # The hot-path reads are plain SQL (see config/sql.py); the index
@@ -228,8 +228,25 @@ class BudgetStatus:
     resets_at: dt.datetime
 
 
-def token_budget_status(*, token: Any, now: dt.datetime | None = None) -> BudgetStatus | None:
-    """The budget of ``token`` for the current UTC period, or None if it has none."""
+def tokens_in_flight(*, token_ids: Sequence[int]) -> dict[int, int]:
+    """µcr reserved by each token's authorizations still in flight (active holds), for many
+    tokens in one query; tokens with nothing in flight are absent."""
+    rows = (
+        Authorization.objects.filter(
+            token_id__in=token_ids, settled_at__isnull=True, hold__status=Hold.Status.ACTIVE
+        )
+        .values("token_id")
+        .annotate(total=Sum("hold__amount"))
+    )
+    return {row["token_id"]: int(row["total"]) for row in rows}
+
+
+def token_budget_status(
+    *, token: Any, now: dt.datetime | None = None, in_flight: int | None = None
+) -> BudgetStatus | None:
+    """The budget of ``token`` for the current UTC period, or None if it has none.
+    ``in_flight`` is the token's entry of ``tokens_in_flight`` when the caller read it for
+    many tokens at once; otherwise it is read here."""
     from accounts import services as account_services  # the budget's calendar lives there
 
     if token.budget_micro is None or not token.budget_period:
@@ -237,8 +254,8 @@ def token_budget_status(*, token: Any, now: dt.datetime | None = None) -> Budget
     now = now or timezone.now()
     start, resets_at = account_services.budget_period_bounds(token.budget_period, now)
     used = account_services.api_token_budget_spent(token=token, now=now)
-    open_holds = Authorization.objects.filter(token_id=token.pk, settled_at__isnull=True)
-    in_flight = wallet_selectors.hold_total_active(hold_ids=open_holds.values("hold_id"))
+    if in_flight is None:
+        in_flight = tokens_in_flight(token_ids=[token.pk]).get(token.pk, 0)
     return BudgetStatus(
         period=token.budget_period,
         limit_micro=token.budget_micro,

@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts import services as account_services
@@ -176,7 +176,7 @@ def _open_hold_ids(**authorization_filter: Any) -> Any:
 
 def token_in_flight(*, token_id: int) -> int:
     """µcr reserved by the token's authorizations that are still in flight."""
-    return wallet_selectors.hold_total_active(hold_ids=_open_hold_ids(token_id=token_id))
+    return selectors.tokens_in_flight(token_ids=[token_id]).get(token_id, 0)
 
 
 def member_in_flight(*, membership_id: int) -> int:
@@ -245,16 +245,29 @@ def _caps_check(*, token: ApiToken, amount: int, now: dt.datetime) -> None:
     so concurrent requests can never exceed either. (The minimum balance is checked with
     the hold, under the wallet's lock: ``_require_min_balance``.)
     """
-    if token.quota_micro is not None or token.budget_micro is not None:
+    if _token_caps(token):
         locked = account_services.api_token_lock(token_id=token.pk)
         in_flight = token_in_flight(token_id=token.pk)
         _check_token_quota(locked, amount, in_flight)
         _check_token_budget(locked, amount, in_flight, now)
-    if token.membership_id is not None and (
-        token.membership is None or token.membership.monthly_spend_limit_micro is not None
-    ):
+    if _member_caps(token) and token.membership_id is not None:
         membership = account_services.membership_lock(membership_id=token.membership_id)
         _check_member_limit(membership, amount, now)
+
+
+def _token_caps(token: ApiToken) -> bool:
+    return token.quota_micro is not None or token.budget_micro is not None
+
+
+def _member_caps(token: ApiToken) -> bool:
+    return token.membership_id is not None and (
+        token.membership is None or token.membership.monthly_spend_limit_micro is not None
+    )
+
+
+def _caps_apply(token: ApiToken) -> bool:
+    """A cap row (the token's or the member's) must be locked and checked first."""
+    return _token_caps(token) or _member_caps(token)
 
 
 def _spend_add(
@@ -273,13 +286,19 @@ def _spend_add(
         account_services.membership_spend_add(membership_id=membership_id, amount=amount, now=now)
 
 
+def _min_balance(token: ApiToken) -> int:
+    """The minimum the token's wallet must have available to start a request (read with
+    the token by ``api_token_authenticate``, else from the wallet)."""
+    own = token.wallet_min_balance
+    return wallet_selectors.wallet_min_balance(
+        wallet_id=token.wallet_id, own=own[0] if own else None, known=own is not None
+    )
+
+
 def _require_min_balance(token: ApiToken, available_before: int) -> None:
     """No request starts while the wallet has fewer available credits than its minimum
     (``available_before``: what it had before this request's hold or charge)."""
-    own = token.wallet_min_balance
-    minimum = wallet_selectors.wallet_min_balance(
-        wallet_id=token.wallet_id, own=own[0] if own else None, known=own is not None
-    )
+    minimum = _min_balance(token)
     if available_before < minimum:
         raise MinimumBalanceRequired(
             minimum=minimum, available=max(available_before, 0), wallet_id=token.wallet_id
@@ -420,16 +439,17 @@ def authorization_create(
     client_ip: str | None = None,
     ttl_seconds: int | None = None,
     now: dt.datetime | None = None,
-    durable: bool = True,
+    durable: bool | None = None,
 ) -> AuthorizationResult:
     """Estimate a request's cost and, in one transaction, check every cap and hold that
     many credits in the token's wallet.
 
-    ``durable=False`` (the gateway, on its latency path) commits without waiting for
-    PostgreSQL to flush the commit to disk: a database crash right after may forget the
-    authorization and its hold (never a ledger entry), which only frees the credits it
-    reserved; the call then cannot be captured, so it goes uncharged. Consistency is
-    unaffected, and any later durable commit makes it durable too.
+    ``durable=False`` (the default unless ``HOLD_ASYNC_COMMIT`` is off) commits without
+    waiting for PostgreSQL to flush the commit to disk: a database crash right after may
+    forget the authorization and its hold (never a ledger entry: an authorization moves no
+    money), which only frees the credits it reserved; the call then cannot be captured,
+    so it goes uncharged. Consistency is unaffected, and any later durable commit (every
+    capture is one) makes it durable too.
 
     ``token`` is an authenticated token (``api_token_authenticate`` loads its group, tier
     and membership). Refusals: ``UnknownModel`` (400), ``ModelNotAllowed`` (403),
@@ -438,6 +458,8 @@ def authorization_create(
     ``MinimumBalanceRequired`` / ``InsufficientCredits`` (402).
     """
     now = now or timezone.now()
+    if durable is None:
+        durable = not settings.HOLD_ASYNC_COMMIT
     price = selectors.model_price_current(model=model, now=now)
     _require_model_allowed(token, model)
     ttl = settings.WALLET_HOLD_TTL_SECONDS if ttl_seconds is None else ttl_seconds
@@ -475,7 +497,30 @@ def authorization_create(
             return _authorization_replay(existing, fingerprint)
     usage = estimate.usage
     _check_rate_limits(token, usage.tokens, now)
+    fields: dict[str, Any] = {
+        "token": token,
+        "user_id": token.user_id,
+        "wallet_id": token.wallet_id,
+        "membership_id": token.membership_id,
+        "price": price,
+        "token_group_id": token.group_id,
+        "tier_rate": token.group.tier.rate,
+        "request_id": request_id,
+        "model": model,
+        "endpoint": endpoint,
+        "estimated_input_tokens": usage.input_tokens,
+        "max_tokens": usage.output_tokens + usage.reasoning_tokens,
+        "estimated_task_units": task_units,
+        "amount_micro": amount,
+        "body_hash": fingerprint,
+        "client_ip": client_ip or None,
+        "created_at": now,
+        "expires_at": now + dt.timedelta(seconds=ttl),
+    }
     try:
+        opened = _open_in_one_call(token, fields, durable=durable)
+        if opened is not None:
+            return opened
         with transaction.atomic():
             if not durable:
                 _commit_without_flush_wait()
@@ -484,9 +529,9 @@ def authorization_create(
                 hold = wallet_services.hold_create(
                     wallet=token.wallet_id,
                     amount=amount,
-                    request_id=f"{token.pk}:{request_id}",
-                    expires_at=now + dt.timedelta(seconds=ttl),
-                    reference=wallet_services.Ref("accounts.apitoken", str(token.pk)),
+                    request_id=_hold_request_id(token, request_id),
+                    expires_at=fields["expires_at"],
+                    reference=_hold_reference(token),
                     now=now,
                 )
             except InsufficientCredits as refusal:
@@ -497,28 +542,7 @@ def authorization_create(
             if after is None:
                 after = wallet_selectors.wallet_available(wallet_id=token.wallet_id, now=now)
             _require_min_balance(token, after + amount)
-            authorization = sql.create(
-                Authorization,
-                token=token,
-                user_id=token.user_id,
-                wallet_id=token.wallet_id,
-                membership_id=token.membership_id,
-                hold=hold,
-                price=price,
-                token_group_id=token.group_id,
-                tier_rate=token.group.tier.rate,
-                request_id=request_id,
-                model=model,
-                endpoint=endpoint,
-                estimated_input_tokens=estimate.usage.input_tokens,
-                max_tokens=estimate.usage.output_tokens + estimate.usage.reasoning_tokens,
-                estimated_task_units=task_units,
-                amount_micro=amount,
-                body_hash=fingerprint,
-                client_ip=client_ip or None,
-                created_at=now,
-                expires_at=hold.expires_at,
-            )
+            authorization = sql.create(Authorization, hold=hold, **fields)
     except IntegrityError:
         existing = Authorization.objects.filter(token=token, request_id=request_id).first()
         if existing is None:
@@ -527,6 +551,62 @@ def authorization_create(
     return AuthorizationResult(
         authorization, Hold.Status.ACTIVE, available_after=hold.available_after
     )
+
+
+def _hold_request_id(token: ApiToken, request_id: str) -> str:
+    return f"{token.pk}:{request_id}"
+
+
+def _hold_reference(token: ApiToken) -> wallet_services.Ref:
+    return wallet_services.Ref("accounts.apitoken", str(token.pk))
+
+
+_OPEN = f"SELECT * FROM usage_authorization_open({', '.join(['%s'] * 23)})"  # noqa: S608
+
+
+def _open_in_one_call(
+    token: ApiToken, fields: dict[str, Any], *, durable: bool
+) -> AuthorizationResult | None:
+    """The common case in one PostgreSQL call (``usage_authorization_open``: the hold,
+    the minimum balance and the authorization), when no cap row needs locking first.
+    None when it does not apply or did not succeed (it then changed nothing): the general
+    path decides, and explains any refusal."""
+    if not wallet_services.use_pg_functions() or _caps_apply(token):
+        return None
+    minimum = _min_balance(token)
+    amount, now, expires_at = fields["amount_micro"], fields["created_at"], fields["expires_at"]
+    hold_request = _hold_request_id(token, fields["request_id"])
+    reference = _hold_reference(token)
+    with wallet_services.statement_scope():
+        row = sql.fetch_one(
+            _OPEN,
+            [
+                token.wallet_id, amount, hold_request, expires_at, reference.type,
+                reference.id, now, minimum, not durable,
+                token.pk, token.user_id, token.membership_id, fields["price"].pk,
+                token.group_id, fields["tier_rate"], fields["request_id"], fields["model"],
+                fields["endpoint"], fields["estimated_input_tokens"], fields["max_tokens"],
+                fields["estimated_task_units"], fields["body_hash"], fields["client_ip"],
+            ],
+        )  # fmt: skip
+    assert row is not None
+    outcome, authorization_id, hold_id, available_after = row
+    if outcome != "ok":
+        return None
+    hold = wallet_services.hold_reserved(
+        hold_id=hold_id,
+        wallet_id=token.wallet_id,
+        request_id=hold_request,
+        amount=amount,
+        expires_at=expires_at,
+        reference=reference,
+        now=now,
+        available_after=available_after,
+    )
+    authorization = Authorization(pk=authorization_id, hold=hold, **fields)
+    authorization._state.adding = False
+    authorization._state.db = connection.alias
+    return AuthorizationResult(authorization, Hold.Status.ACTIVE, available_after=available_after)
 
 
 def _commit_without_flush_wait() -> None:
@@ -805,33 +885,15 @@ def authorization_capture(
         price=authorization.price, usage=report.usage, tier_rate=authorization.tier_rate
     )
     cost = _priced(breakdown)
-    started_at, finished_at = _request_span(report, default_start=authorization.created_at, now=now)
+    span = _request_span(report, default_start=authorization.created_at, now=now)
+    record = _record_build(
+        authorization, breakdown=breakdown, report=report, fingerprint=fingerprint, span=span,
+        now=now,
+    )  # fmt: skip
     try:
-        with transaction.atomic():
-            _spend_add(
-                token_id=authorization.token_id,
-                membership_id=authorization.membership_id,
-                amount=cost,
-                now=finished_at,
-                charged_at=now,
-            )
-            record = _authorization_settle(
-                authorization,
-                breakdown=breakdown,
-                report=report,
-                fingerprint=fingerprint,
-                span=(started_at, finished_at),
-                now=now,
-                content=content,
-            )
-            reference = wallet_services.Ref.to(record)
-            try:
-                charge = wallet_services.hold_capture(
-                    hold=authorization.hold_id, amount=cost, reference=reference, now=now
-                )
-            except HoldExpired:
-                charge = _charge_without_hold(authorization, cost, reference, now)
-            _apply_shortfall(record, charge, membership_id=authorization.membership_id)
+        captured = _capture_in_one_call(authorization, record, cost=cost, content=content, now=now)
+        if captured is None:
+            captured = _capture_general(authorization, record, cost=cost, content=content, now=now)
     except _AlreadySettled:
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)
         return _capture_replay(fresh, fingerprint)
@@ -841,10 +903,92 @@ def authorization_capture(
         )
         raise
     _recount_tokens(authorization, report.usage.tokens, now)
+    return captured
+
+
+def _capture_spend(authorization: Authorization, record: UsageRecord, cost: int) -> None:
+    """Count the charge against the token and the member (first, in the capture's
+    transaction: the global lock order)."""
+    _spend_add(
+        token_id=authorization.token_id,
+        membership_id=authorization.membership_id,
+        amount=cost,
+        now=record.finished_at,
+        charged_at=record.created_at,
+    )
+
+
+def _capture_general(
+    authorization: Authorization,
+    record: UsageRecord,
+    *,
+    cost: int,
+    content: ContentLog | None,
+    now: dt.datetime,
+) -> RecordResult:
+    """Every case of a capture, step by step in one transaction: an expired hold charged
+    without its reservation, a shortfall, a released hold (``HoldReleased``)."""
+    with transaction.atomic():
+        _capture_spend(authorization, record, cost)
+        _authorization_settle(authorization, record, now=now, content=content)
+        reference = wallet_services.Ref.to(record)
+        try:
+            charge = wallet_services.hold_capture(
+                hold=authorization.hold_id, amount=cost, reference=reference, now=now
+            )
+        except HoldExpired:
+            charge = _charge_without_hold(authorization, cost, reference, now)
+        _apply_shortfall(record, charge, membership_id=authorization.membership_id)
     return RecordResult(record, available_after=charge.available_after)
 
 
-def _authorization_settle(
+_CAPTURE = "SELECT * FROM usage_capture(%s, %s, %s, %s, %s, %s)"
+GENERAL_PATH = "UC001"  # SQLSTATE of usage_capture's "take the general path"
+
+
+def _capture_in_one_call(
+    authorization: Authorization,
+    record: UsageRecord,
+    *,
+    cost: int,
+    content: ContentLog | None,
+    now: dt.datetime,
+) -> RecordResult | None:
+    """The common capture (the hold active, the cost covered) in one PostgreSQL call after
+    the spend counters: ``usage_capture`` settles, writes the record and captures. None
+    when the call undid itself for the general path (``_capture_general``)."""
+    if not wallet_services.use_pg_functions():
+        return None
+    try:
+        with transaction.atomic():
+            _capture_spend(authorization, record, cost)
+            row = sql.fetch_one(
+                _CAPTURE,
+                [
+                    authorization.pk,
+                    authorization.hold_id,
+                    cost,
+                    Hold(pk=authorization.hold_id).capture_key,
+                    now,
+                    sql.json_row(record),
+                ],
+            )
+            assert row is not None
+            outcome, record_id, _, _, available_after = row
+            if outcome != "ok":
+                raise _AlreadySettled()
+            record.pk = record_id
+            record._state.adding = False
+            record._state.db = connection.alias
+            _record_saved(authorization, record, now=now, content=content)
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == GENERAL_PATH:
+            return None
+        raise
+    return RecordResult(record, available_after=available_after)
+
+
+def _record_build(
     authorization: Authorization,
     *,
     breakdown: pricing.PriceBreakdown,
@@ -852,16 +996,10 @@ def _authorization_settle(
     fingerprint: str,
     span: tuple[dt.datetime, dt.datetime],
     now: dt.datetime,
-    content: ContentLog | None = None,
 ) -> UsageRecord:
-    """Mark the authorization settled (once: ``_AlreadySettled`` otherwise) and write its
-    usage record, and its content when logging is on. Runs inside the settling
-    transaction."""
+    """The authorization's usage record, not yet saved."""
     started_at, finished_at = span
-    if not sql.execute(_SETTLE, [now, authorization.pk]):
-        raise _AlreadySettled()
-    record = sql.create(
-        UsageRecord,
+    return UsageRecord(
         request_id=authorization.request_id,
         authorization=authorization,
         wallet_id=authorization.wallet_id,
@@ -879,11 +1017,38 @@ def _authorization_settle(
             fingerprint=fingerprint,
         ),
     )
+
+
+def _record_saved(
+    authorization: Authorization,
+    record: UsageRecord,
+    *,
+    now: dt.datetime,
+    content: ContentLog | None,
+) -> None:
+    """After the record's insert, in its transaction: cache what the response reads, and
+    keep the content when logging is on."""
     token = authorization._state.fields_cache.get("token")
     _cache_token_group(record, token)
     _content_store(
         record=record, token=token, token_id=authorization.token_id, content=content, now=now
     )
+
+
+def _authorization_settle(
+    authorization: Authorization,
+    record: UsageRecord,
+    *,
+    now: dt.datetime,
+    content: ContentLog | None = None,
+) -> UsageRecord:
+    """Mark the authorization settled (once: ``_AlreadySettled`` otherwise) and insert its
+    usage record (built by ``_record_build``), and its content when logging is on. Runs
+    inside the settling transaction."""
+    if not sql.execute(_SETTLE, [now, authorization.pk]):
+        raise _AlreadySettled()
+    sql.save_new(record)
+    _record_saved(authorization, record, now=now, content=content)
     return record
 
 
@@ -959,17 +1124,13 @@ def authorization_fail(
     # The record's factors must recompute to its charge: no fee on a failed request.
     free = replace(free, request_usd=Decimal(0), usd_cost=Decimal(0), credits_micro=0)
     span = _request_span(report, default_start=authorization.created_at, now=now)
+    record = _record_build(
+        authorization, breakdown=free, report=report, fingerprint=fingerprint, span=span,
+        now=now,
+    )  # fmt: skip
     try:
         with transaction.atomic():
-            record = _authorization_settle(
-                authorization,
-                breakdown=free,
-                report=report,
-                fingerprint=fingerprint,
-                span=span,
-                now=now,
-                content=content,
-            )
+            _authorization_settle(authorization, record, now=now, content=content)
             hold = wallet_services.hold_release(hold=authorization.hold_id, now=now)
     except _AlreadySettled:
         fresh = Authorization.objects.select_related("hold", "price").get(pk=authorization.pk)

@@ -112,7 +112,7 @@ def _require_ref(reference: Ref | None) -> Ref:
     return reference
 
 
-def _use_pg_functions() -> bool:
+def use_pg_functions() -> bool:
     return connection.vendor == "postgresql" and settings.WALLET_PG_FUNCTIONS
 
 
@@ -385,7 +385,7 @@ def _settle(
     corrects_id: int | None = None,
     now: dt.datetime,
 ) -> tuple[str, Charge, int]:
-    if not _use_pg_functions():
+    if not use_pg_functions():
         return _settle_python(
             wallet_id=wallet_id,
             amount=amount,
@@ -457,7 +457,7 @@ def _debit(
         if status != Wallet.Status.ACTIVE:
             raise WalletClosed(wallet_id=wallet_id)
     try:
-        with _statement_scope():
+        with statement_scope():
             outcome, charge, available = _settle(
                 wallet_id=wallet_id,
                 amount=amount,
@@ -530,11 +530,11 @@ def wallet_debit(
 # --- Holds ----------------------------------------------------------------------------
 
 
-def _statement_scope() -> Any:
+def statement_scope() -> Any:
     """Scope for one PL/pgSQL call. Outside a transaction the call runs in autocommit, so
     the wallet row lock lasts only for the call and its commit (no client round trip while
     locked); inside one, a savepoint lets an idempotency conflict be recovered from."""
-    if _use_pg_functions() and not connection.in_atomic_block:
+    if use_pg_functions() and not connection.in_atomic_block:
         return nullcontext()
     return transaction.atomic()
 
@@ -558,7 +558,7 @@ def _hold_reserve(
     transaction needs no savepoint around it; the exact path locks the wallet and
     subtracts the frozen credits.
     """
-    if _use_pg_functions() and not exact:
+    if use_pg_functions() and not exact:
         outcome, hold_id, available_after = _pg_call(
             "SELECT * FROM wallet_hold_create(%s, %s, %s, %s, %s, %s, %s)",
             [wallet_id, amount, request_id, expires_at, reference.type, reference.id, now],
@@ -598,6 +598,36 @@ def _hold_replay(*, wallet_id: int, request_id: str, amount: int) -> Hold | None
     return hold
 
 
+def hold_reserved(
+    *,
+    hold_id: int,
+    wallet_id: int,
+    request_id: str,
+    amount: int,
+    expires_at: dt.datetime,
+    reference: Ref,
+    now: dt.datetime,
+    available_after: int | None,
+) -> Hold:
+    """The ``Hold`` a reservation just inserted (``wallet_hold_create``), without reading
+    it back; ``available_after`` is what the wallet had left available."""
+    hold = Hold(
+        pk=hold_id,
+        wallet_id=wallet_id,
+        request_id=request_id,
+        amount=amount,
+        status=Hold.Status.ACTIVE,
+        expires_at=expires_at,
+        created_at=now,
+        reference_type=reference.type,
+        reference_id=reference.id,
+    )
+    hold._state.adding = False
+    hold._state.db = connection.alias
+    hold.available_after = available_after
+    return hold
+
+
 def hold_create(
     *,
     wallet: Wallet | int,
@@ -632,20 +662,17 @@ def hold_create(
             now=now,
             exact=exact,
         )
-        if outcome == "ok":
-            hold = Hold(
-                pk=hold_id,
+        if outcome == "ok" and hold_id is not None:
+            return hold_reserved(
+                hold_id=hold_id,
                 wallet_id=wallet_id,
                 request_id=request_id,
                 amount=amount,
-                status=Hold.Status.ACTIVE,
                 expires_at=expires_at,
-                created_at=now,
-                reference_type=reference.type,
-                reference_id=reference.id,
+                reference=reference,
+                now=now,
+                available_after=available_after,
             )
-            hold.available_after = available_after
-            return hold
         replay = _hold_replay(wallet_id=wallet_id, request_id=request_id, amount=amount)
         if replay is not None:
             return replay
@@ -717,7 +744,7 @@ def hold_capture(
     hold_id = _hold_id(hold)
     now = _now(now)
     key = Hold(pk=hold_id).capture_key
-    if _use_pg_functions():
+    if use_pg_functions():
         ref = reference or Ref("wallet.hold", str(hold_id))
         outcome, entry_id, charged, balance_after, _, available_after = _pg_call(
             _CAPTURE_SQL, [hold_id, amount, kind, key, ref.type, ref.id, now]

@@ -4,6 +4,8 @@ audit trail on PostgreSQL (other databases rely on the model's guard)."""
 
 from django.db import migrations
 
+from config.sql import run_on_postgresql
+
 APPEND_ONLY = r"""
 CREATE OR REPLACE FUNCTION audit_record_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -30,15 +32,11 @@ def create_groups(apps, schema_editor):  # type: ignore[no-untyped-def]
 
 
 def install_trigger(apps, schema_editor):  # type: ignore[no-untyped-def]
-    if schema_editor.connection.vendor == "postgresql":
-        with schema_editor.connection.cursor() as cursor:
-            cursor.execute(APPEND_ONLY)
+    run_on_postgresql(schema_editor, APPEND_ONLY)
 
 
 def uninstall_trigger(apps, schema_editor):  # type: ignore[no-untyped-def]
-    if schema_editor.connection.vendor == "postgresql":
-        with schema_editor.connection.cursor() as cursor:
-            cursor.execute(DROP)
+    run_on_postgresql(schema_editor, DROP)
 
 
 class Migration(migrations.Migration):

@@ -84,6 +84,15 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
+    "DB_PREPARED_STATEMENTS", default=True
+):
+    # The hot-path statements of ``config.sql`` ask to be prepared once per connection
+    # (parse and plan once, not per request). Django leaves psycopg's prepared statements
+    # off, which ignores that; its own cursors bind on the client and never prepare, so
+    # this changes nothing else. Turn it off behind a pooler that cannot keep them
+    # (PgBouncer in transaction mode before 1.21).
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes SQLite's write lock at BEGIN, so concurrent writers queue instead of
     # failing half-way with "database is locked".
@@ -226,6 +235,10 @@ LOW_BALANCE_THRESHOLD_CREDITS = Decimal(env.str("LOW_BALANCE_THRESHOLD_CREDITS",
 WALLET_HOLD_TTL_SECONDS = env.int("WALLET_HOLD_TTL_SECONDS", default=900)
 # Run the settle step as a PL/pgSQL call on PostgreSQL (False runs the portable Python path).
 WALLET_PG_FUNCTIONS = env.bool("WALLET_PG_FUNCTIONS", default=True)
+# Commit an authorization (its hold) without waiting for the disk flush: one fsync less on
+# every metered call's path. A database crash may forget a hold, freeing its credits (the
+# call then goes uncharged); captures, and every ledger entry, always wait for the disk.
+HOLD_ASYNC_COMMIT = env.bool("HOLD_ASYNC_COMMIT", default=True)
 
 # --- Top-ups and payments (billing) -----------------------------------------------------
 # The currency customers pay in (ISO 4217, lower case as Stripe has it). Amounts are integer
@@ -280,6 +293,13 @@ CELERY_BEAT_SCHEDULE["referrals-reconcile-rewards"] = {
     "task": "referrals.tasks.reconcile_referral_rewards",
     "schedule": 3600.0,
 }
+
+# --- Upstream API keys ----------------------------------------------------------------
+# The gateway's provider keys are stored sealed under this secret (usage.keybox). Keep it;
+# to rotate, set a new one and list the old one in PREVIOUS, then run
+# `manage.py upstream_keys_reseal`. Empty derives one from DJANGO_SECRET_KEY (local use only).
+UPSTREAM_KEY_SECRET = env.str("UPSTREAM_KEY_SECRET", default="")
+UPSTREAM_KEY_PREVIOUS_SECRETS = env.list("UPSTREAM_KEY_PREVIOUS_SECRETS", default=[])
 
 # --- Redemption codes ---------------------------------------------------------------------
 # Codes are stored only as HMAC-SHA256 under this key (plus a 4-character hint), so a copy of
@@ -390,11 +410,10 @@ UPSTREAM_API_KEY = env("UPSTREAM_API_KEY", default="")
 # Seconds to open a connection to an upstream, and to wait for its next bytes.
 GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=5.0)
 GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
+# Extra certificate authorities (a PEM file) to trust for upstreams, besides the system's.
+GATEWAY_CA_BUNDLE = env.str("GATEWAY_CA_BUNDLE", default="")
 # Pooled keep-alive connections to the upstreams, per web process.
 GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)
-# Commit a call's hold without waiting for the disk flush (saves one fsync on every call's
-# path; a database crash may forget a hold, freeing its credits: see authorization_create).
-GATEWAY_HOLD_ASYNC_COMMIT = env.bool("GATEWAY_HOLD_ASYNC_COMMIT", default=True)
 # Seconds each process keeps the channel list (an admin edit takes effect within this).
 GATEWAY_CHANNEL_CACHE_SECONDS = env.float("GATEWAY_CHANNEL_CACHE_SECONDS", default=5.0)
 

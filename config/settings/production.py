@@ -11,6 +11,8 @@ DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 # Redemption codes are stored as HMACs under this key; it must outlive secret-key rotations.
 REDEMPTION_CODE_SECRET = env("REDEMPTION_CODE_SECRET")
+# Provider keys of the gateway's channels are sealed under this one; it must be kept too.
+UPSTREAM_KEY_SECRET = env("UPSTREAM_KEY_SECRET")
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

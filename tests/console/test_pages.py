@@ -278,3 +278,41 @@ def test_a_budget_needs_a_period_and_an_amount(user) -> None:
     assert response.status_code == 400
     assert "A budget needs both a period and an amount." in response.content.decode()
     assert not ApiToken.objects.filter(user=user).exists()
+
+
+def test_the_tokens_page_reads_every_budget_in_flight_at_once(user, prices) -> None:  # type: ignore[no-untyped-def]
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from usage import services
+
+    credit(Wallet.objects.get(user=user), "100")
+    client = browser(user)
+
+    def queries_and_cells() -> tuple[int, list[str]]:
+        with CaptureQueriesContext(connection) as captured:
+            page = client.get("/console/tokens/").content.decode()
+        import re
+
+        cells = re.findall(r'data-testid="token-budget">(.*?)</td>', page, re.S)
+        return len(captured), [re.sub(r"<[^>]+>|\s+", " ", c).strip() for c in cells]
+
+    make_token(user, budget_period="daily", budget_credits="5")
+    one, _ = queries_and_cells()
+    for index in range(4):
+        make_token(user, budget_period="monthly", budget_credits=str(index + 1))
+    five, cells = queries_and_cells()
+    assert five == one  # not one in-flight query per budgeted token
+
+    loaded = account_services.api_token_authenticate(
+        secret=make_token(user, budget_period="daily", budget_credits="5")[1], client_ip="127.0.0.1"
+    )
+    held = services.authorization_create(
+        token=loaded, model="test-chat", input_tokens=1000, max_tokens=100, request_id="r"
+    ).authorization.amount_micro
+    _, cells = queries_and_cells()
+    from wallet.money import format_credits
+
+    flying = [cell for cell in cells if "in flight" in cell]
+    assert len(flying) == 1  # only that token's
+    assert f"of 5.00 daily, {format_credits(held)} in flight;" in flying[0]

@@ -32,6 +32,9 @@ class Gateway(ServerThread):
 
         # A plain coroutine function: uvicorn takes a bound method for an ASGI2 app.
         async def counted(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":  # the lifespan: closes upstream connections at stop
+                await application(scope, receive, send)
+                return
             self.active += 1  # only the server's event loop thread touches the counter
             try:
                 await application(scope, receive, send)
@@ -39,6 +42,7 @@ class Gateway(ServerThread):
                 self.active -= 1
 
         super().__init__(counted)
+        self.server.config.lifespan = "on"
 
     def wait_idle(self, timeout: float = 15.0) -> None:
         """Wait until every call has finished, including captures deferred until after

@@ -11,7 +11,7 @@ from django.test import Client
 from tests.factories import UserFactory
 from tests.helpers import assert_ledger_ok, credit
 from tests.usage.conftest import make_token
-from usage import channels, services
+from usage import channels, keybox, services
 from usage.channels import InvalidChannel
 from usage.models import UpstreamChannel, UsageRecord
 from wallet.models import Hold, Wallet
@@ -45,7 +45,8 @@ def test_the_admin_stores_the_key_and_never_shows_it_again(admin_client: Client)
     assert response.status_code == 302, response.content
 
     channel = UpstreamChannel.objects.get()
-    assert (channel.api_key, channel.api_key_hint) == (KEY, "7f3a")
+    assert (keybox.unseal(channel.api_key), channel.api_key_hint) == (KEY, "7f3a")
+    assert KEY not in channel.api_key  # sealed at rest
     assert channel.base_url == "https://openrouter.ai/api/v1"
     assert channel.model_map == {"test-chat": "openai/gpt-4o-mini"}
     for url in (
@@ -68,7 +69,7 @@ def test_saving_without_a_new_key_keeps_the_stored_one(admin_client: Client) -> 
 
     assert response.status_code == 302
     channel.refresh_from_db()
-    assert (channel.api_key, channel.priority) == (KEY, 9)
+    assert (keybox.unseal(channel.api_key), channel.priority) == (KEY, 9)
 
 
 def test_a_bad_model_map_is_refused(admin_client: Client) -> None:

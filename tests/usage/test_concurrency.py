@@ -13,6 +13,7 @@ from tests.wallet.test_concurrency import run_together
 from usage import pricing, services
 from usage.errors import MemberLimitExceeded, TokenBudgetExceeded, TokenQuotaExceeded
 from usage.models import Authorization, UsageRecord
+from wallet.errors import InsufficientCredits
 from wallet.models import Hold, Wallet
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -183,4 +184,21 @@ def test_concurrent_one_shot_records_never_exceed_a_budget(chat: None) -> None:
     assert sum(isinstance(r, UsageRecord) for r in results) == 5
     assert sum(isinstance(r, TokenBudgetExceeded) for r in results) == 25
     assert ApiToken.objects.get(pk=token.pk).budget_spent_micro == 5 * TEN_MILLI
+    assert_ledger_ok(wallet)
+
+
+def test_concurrent_uncapped_authorizations_never_overdraw_the_wallet(chat: None) -> None:
+    """An uncapped token takes the one-call path (``usage_authorization_open``); the
+    wallet's conditional update alone keeps 30 racing holds within what it has."""
+    user = UserFactory()
+    wallet = Wallet.objects.get(user=user)
+    credit(wallet, "0.07")  # seven holds of 0.01
+    Wallet.objects.filter(pk=wallet.pk).update(min_balance_micro=0)
+    token, _ = account_services.api_token_create(user=user, name="t", scopes=["metering"])
+    results = run_together(30, lambda i: _authorize(token, i))
+    granted = [r for r in results if isinstance(r, Authorization)]
+    assert len(granted) == 7, [r for r in results if not isinstance(r, Authorization)][:3]
+    assert all(isinstance(r, InsufficientCredits) for r in results if r not in granted)
+    assert refresh(wallet).held == 7 * TEN_MILLI == refresh(wallet).balance
+    assert Authorization.objects.count() == Hold.objects.count() == 7
     assert_ledger_ok(wallet)

@@ -208,7 +208,6 @@ def admit(*, secret: str, client_ip: str, call: Call) -> Admission:
             max_tokens=call.max_tokens,
             endpoint=call.endpoint,
             client_ip=client_ip or None,
-            durable=not settings.GATEWAY_HOLD_ASYNC_COMMIT,
         )
     except (ApplicationError, APIException) as exc:
         raise Refused(exc, _credits_remaining(token)) from exc

@@ -18,7 +18,6 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import (
@@ -161,7 +160,7 @@ async def _settle_after_response(
 
 
 async def _complete(
-    admission: metering.Admission, outcome: metering.Outcome, response: httpx.Response
+    admission: metering.Admission, outcome: metering.Outcome, response: upstream.Response
 ) -> HttpResponse:
     try:
         data = json.loads(response.content)
@@ -360,9 +359,9 @@ async def _relay(
                 yield passed
         if rest := meter.flush():
             yield rest
-    except httpx.HTTPError as exc:
+    except upstream.StreamBroken as exc:
         outcome.status = UsageRecord.Status.FAILED
-        outcome.error = f"The upstream stream broke off ({type(exc).__name__})."
+        outcome.error = f"The upstream stream broke off ({exc})."
         yield stream_error_event(UpstreamUnavailable(outcome.error))
     except (asyncio.CancelledError, GeneratorExit):
         outcome.status = UsageRecord.Status.CANCELLED
