@@ -157,6 +157,13 @@ def save_new(instance: M) -> M:
     return instance
 
 
+def storable_text(text: str) -> str:
+    """``text`` as a PostgreSQL text column can hold it: U+0000, which it cannot, becomes
+    U+FFFD (the replacement character). For text that comes from outside (a prompt, an
+    upstream's answer or error) and is kept for the record."""
+    return text.replace("\x00", "\ufffd")
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, (Decimal, dt.datetime, dt.date)):
         return str(value)  # PostgreSQL reads these from their text form

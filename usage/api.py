@@ -170,7 +170,26 @@ class MetadataSerializer(serializers.Serializer):
     def validate_extra(self, value: dict[str, Any]) -> dict[str, Any]:
         if len(json.dumps(value, default=str)) > 4096:
             raise serializers.ValidationError("At most 4 KB of extra metadata.")
+        if _has_nul(value):
+            # PostgreSQL's jsonb cannot hold U+0000 (the insert would fail).
+            raise serializers.ValidationError("Null characters are not allowed.")
         return value
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a JSON value holds U+0000 in any key or string (iterative: any depth)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 @extend_schema_serializer(component_name="UsageContentInput")

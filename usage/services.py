@@ -715,7 +715,7 @@ def _content_store(
         context_bytes=context_bytes,
         truncated=any(len(text) > limit for text in parts.values()),
         created_at=now,
-        **{name: text[:limit] for name, text in parts.items()},
+        **{name: sql.storable_text(text[:limit]) for name, text in parts.items()},
     )
 
 

@@ -80,6 +80,25 @@ def test_content_is_logged_only_for_a_token_that_logs_it(
     assert_ledger_ok(funded_wallet)
 
 
+def test_a_null_character_in_logged_content_is_kept_as_a_replacement_character(
+    make_client: Callable[[str], openai.OpenAI],
+    customer: User,
+    funded_wallet: Wallet,
+    chat_price: ModelPrice,
+    upstream: FakeUpstream,
+) -> None:
+    # PostgreSQL text cannot hold U+0000: written as it came, the content's insert failed
+    # and took the capture with it, so the call went uncharged.
+    secret = make_token(customer, scopes=("inference",), log_content=True)[1]
+    messages = [{"role": "system", "content": "Be\x00 brief."}, *MESSAGES]
+    make_client(secret).chat.completions.create(model="test-chat", messages=messages)  # type: ignore[arg-type]
+    (record,) = _records_settled(1)
+    assert record.charged_micro == REPORTED_COST
+    content = UsageContent.objects.get(record=record)
+    assert content.system == "Be\ufffd brief."
+    assert_ledger_ok(funded_wallet)
+
+
 def test_a_streamed_answer_is_logged(
     make_client: Callable[[str], openai.OpenAI],
     customer: User,

@@ -319,6 +319,9 @@ BAD_USAGE = [
     ({"latency_ms": -3}, "invalid_input"),
     ({"metadata": {"retries": -1}}, "invalid_input"),
     ({"metadata": {"extra": {"blob": "x" * 5000}}}, "invalid_input"),
+    # Found by schemathesis: PostgreSQL's jsonb cannot hold U+0000 (500).
+    ({"metadata": {"extra": {"note": "a\x00b"}}}, "invalid_input"),
+    ({"metadata": {"extra": {"deep": [{"a\x00": 1}]}}}, "invalid_input"),
     ({"started_at": "2030-01-02T00:00Z", "finished_at": "2030-01-01T00:00Z"}, "invalid_input"),
     # Found by schemathesis: a span of centuries overflowed the latency column (500).
     (

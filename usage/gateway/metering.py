@@ -26,6 +26,7 @@ from accounts.authentication import token_request_window
 from accounts.errors import InsufficientScope
 from accounts.middleware import credits_remaining_header
 from accounts.models import ApiToken
+from config import sql
 from config.errors import ApplicationError, RateLimited
 from usage import pricing, selectors, services
 from usage.channels import Channel, channel_list_for_gateway
@@ -295,7 +296,7 @@ def capture_report(*, admission: Admission, outcome: Outcome) -> services.UsageR
     return services.UsageReport(
         usage=usage,
         status=outcome.status,
-        error=outcome.error[:1000],
+        error=sql.storable_text(outcome.error[:1000]),
         started_at=outcome.started_at,
         finished_at=max(outcome.finished_at, outcome.started_at),
         estimated=estimated,
