@@ -5,14 +5,18 @@
 (a) the fake OpenAI-compatible upstream called directly (``tests/gateway/fake_upstream.py``,
     uvicorn, one process);
 (b) our gateway in front of it with metering on (uvicorn, one worker,
-    ``config.settings.production``, a scratch PostgreSQL database re-created per run);
+    ``config.settings.production``, a scratch PostgreSQL database re-created per run), and
+    one settler process (``manage.py gateway_settler``) capturing the calls it answered
+    (``--no-settler``: the web process settles them itself);
 (c) LiteLLM's proxy in front of it, the peer: installed from PyPI into the bench-only
     virtual environment ``bench/.venv-litellm`` on first run, one worker, no database.
 
 For each, streaming and not: serial latency (one client, p50/p99; "added" is the
 difference to (a)), and requests/s with 16 concurrent keep-alive clients (one asyncio
 process speaking HTTP/1.1 directly, to keep the load generator cheap on a small machine).
-Ends with ``wallet_verify`` over every wallet, which must be clean.
+The CPU per request is reported for each server, and for our settler apart. Ends, once
+every handed-over call is settled, with ``wallet_verify`` over every wallet, which must be
+clean, and the count of usage records, which must equal the calls made.
 
 Targets (issue 4): our added p50 <= 4 ms and <= 1/3 of LiteLLM's; our requests/s >= 3x
 LiteLLM's.
@@ -58,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--serial", type=int, default=300, help="requests per latency run")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--no-settler", action="store_true", help="the web process settles its own calls"
+    )
     parser.add_argument(
         "--database-url", default="postgres://postgres@127.0.0.1:5432/credits_i4_bench"
     )
@@ -154,6 +161,33 @@ def start_gateway(args: argparse.Namespace, upstream_port: int) -> Server:
     )  # fmt: skip
     wait_http(f"http://127.0.0.1:{port}/healthz", process)
     return Server(process, port)
+
+
+def start_settler(args: argparse.Namespace) -> subprocess.Popen[Any]:
+    """One ``manage.py gateway_settler``, up once its heartbeat is in Redis."""
+    import redis
+
+    from usage.gateway import handoff
+
+    client = redis.Redis.from_url(args.redis_url)
+    client.delete(handoff.STREAM, handoff.ALIVE, handoff.DEAD)
+    env = production_env(args, "bench-gateway")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "gateway_settler"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not client.exists(handoff.ALIVE):
+        if process.poll() is not None or time.time() > deadline:
+            raise RuntimeError("the settler did not start")
+        time.sleep(0.1)
+    return process
+
+
+def stop_settler(process: subprocess.Popen[Any]) -> None:
+    """Stop it as an operator would (SIGTERM): it settles what is still queued first."""
+    process.terminate()
+    process.wait(timeout=120)
 
 
 def litellm_python() -> Path | None:
@@ -281,7 +315,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(
-    name: str, server: Server, secrets: list[str], args: argparse.Namespace, direct: bool
+    name: str,
+    server: Server,
+    secrets: list[str],
+    args: argparse.Namespace,
+    direct: bool,
+    helper_pids: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for stream in (False, True):
@@ -289,16 +328,20 @@ def measure(
         payload = body(stream, direct)
         latencies = asyncio.run(serial(server.port, secrets[0], payload, stream, args.serial))
         cpu_before = cpu_seconds([server.process.pid])
+        helper_before = cpu_seconds(list(helper_pids))
         rps, errors = asyncio.run(
             throughput(server.port, secrets, payload, stream, args.clients, args.seconds)
         )
         cpu = cpu_seconds([server.process.pid]) - cpu_before
+        helper_cpu = cpu_seconds(list(helper_pids)) - helper_before
+        calls = max(rps * args.seconds, 1)
         results[mode] = {
             "p50": pct(latencies, 0.5),
             "p99": pct(latencies, 0.99),
             "rps": rps,
             "errors": errors,
-            "cpu_ms_per_request": cpu / max(rps * args.seconds, 1) * 1000,
+            "cpu_ms_per_request": cpu / calls * 1000,
+            "helper_cpu_ms_per_request": helper_cpu / calls * 1000,
         }
         print(
             f"  {name:<9} {mode:<6} serial p50 {results[mode]['p50']:6.2f} ms  p99 "
@@ -320,16 +363,20 @@ def main() -> int:
     connection.close()
     python = None if args.skip_litellm else litellm_python()
     servers: list[Server] = []
+    settler: subprocess.Popen[Any] | None = None
     results: dict[str, dict[str, Any]] = {}
     try:
         upstream = start_upstream()
         servers.append(upstream)
         gateway = start_gateway(args, upstream.port)
         servers.append(gateway)
+        if not args.no_settler:
+            settler = start_settler(args)
         peers: list[tuple[str, Server, list[str], bool]] = [
             ("(a) direct", upstream, secrets, True),
             ("(b) ours", gateway, secrets, False),
         ]
+        helpers = {"(b) ours": () if settler is None else (settler.pid,)}
         if python is not None:
             with tempfile.TemporaryDirectory() as config_dir:
                 try:
@@ -340,19 +387,25 @@ def main() -> int:
                     print(f"LiteLLM did not start ({exc}); measuring (a) and (b) only")
                 print(f"load before: {load_average()}")
                 for name, server, keys, direct in peers:
-                    results[name] = measure(name, server, keys, args, direct)
+                    results[name] = measure(name, server, keys, args, direct, helpers.get(name, ()))
         else:
             for name, server, keys, direct in peers:
-                results[name] = measure(name, server, keys, args, direct)
+                results[name] = measure(name, server, keys, args, direct, helpers.get(name, ()))
     finally:
+        if settler is not None:
+            stop_settler(settler)
         for server in reversed(servers):
             server.stop()
     report(results)
     violations = wallet_verify()
     records = psql(args.database_url, "SELECT count(*), sum(charged_micro) FROM usage_usagerecord")
     print(f"usage records (count, µcr charged): {records.strip()}")
+    unsettled = psql(
+        args.database_url, "SELECT count(*) FROM usage_authorization WHERE settled_at IS NULL"
+    )
+    print(f"authorizations left unsettled: {unsettled.strip()}")
     print(f"wallet_verify: {'clean' if not violations else f'{len(violations)} violations'}")
-    return 1 if violations else 0
+    return 1 if violations or unsettled.strip() != "0" else 0
 
 
 def report(results: dict[str, dict[str, Any]]) -> None:
@@ -385,6 +438,12 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             for name, r in results.items()
         )
     )
+    if ours["plain"]["helper_cpu_ms_per_request"] or ours["stream"]["helper_cpu_ms_per_request"]:
+        print(
+            "  our settler process, apart: "
+            f"{ours['plain']['helper_cpu_ms_per_request']:.2f}/"
+            f"{ours['stream']['helper_cpu_ms_per_request']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ class SyncStackASGIHandler(ASGIHandler):
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         """Nothing to start; at shutdown, close what this process opened on its event loop
-        (the gateway's pooled upstream connections)."""
-        from usage.gateway import upstream  # imports models: only once Django is set up
+        (the gateway's pooled upstream connections, its connections to the settlers' Redis)."""
+        from usage.gateway import handoff, upstream  # imports models: once Django is set up
 
         while True:
             message = await receive()
@@ -90,6 +90,7 @@ class SyncStackASGIHandler(ASGIHandler):
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await upstream.close()
+                await handoff.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

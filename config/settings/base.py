@@ -416,6 +416,13 @@ GATEWAY_CA_BUNDLE = env.str("GATEWAY_CA_BUNDLE", default="")
 GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)
 # Seconds each process keeps the channel list (an admin edit takes effect within this).
 GATEWAY_CHANNEL_CACHE_SECONDS = env.float("GATEWAY_CHANNEL_CACHE_SECONDS", default=5.0)
+# Hand each answered call's settlement to the settler processes (manage.py gateway_settler)
+# while one is running, instead of settling it in the web process (usage.gateway.handoff).
+GATEWAY_SETTLERS = env.bool("GATEWAY_SETTLERS", default=True)
+# Seconds before a job a settler read and never acknowledged (it died) goes to another.
+GATEWAY_SETTLE_CLAIM_SECONDS = env.float("GATEWAY_SETTLE_CLAIM_SECONDS", default=30.0)
+# Deliveries of one job before it is moved to the dead-letter list for an operator.
+GATEWAY_SETTLE_MAX_DELIVERIES = env.int("GATEWAY_SETTLE_MAX_DELIVERIES", default=5)
 
 # --- Organization invitations -------------------------------------------------------------
 # Days an emailed invitation to join an organization stays usable.

@@ -35,7 +35,7 @@ from accounts.authentication import client_ip
 from accounts.middleware import HEADER as CREDITS_REMAINING
 from config import after_response
 from config.errors import ApplicationError
-from usage.gateway import metering, upstream
+from usage.gateway import handoff, metering, upstream
 from usage.gateway.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -150,8 +150,15 @@ async def _settle_after_response(
     admission: metering.Admission, outcome: metering.Outcome, *, produced: bool
 ) -> bool:
     """Settle once the answer is out (the client does not wait for the capture; the hold
-    already bounds what the call can spend). False when the server cannot defer work: the
-    caller settles before answering."""
+    already bounds what the call can spend): in a settler process when one runs, else in
+    this one after the response. False when the server cannot defer work: the caller
+    settles before answering."""
+    try:
+        handed = handoff.hand_over(admission=admission, outcome=outcome, produced=produced)
+        if await asyncio.shield(handed):
+            return True
+    except asyncio.CancelledError:
+        pass  # settled here as well: if the job did get queued, one of the two is a replay
 
     async def work() -> None:
         await _settle_and_release(admission=admission, outcome=outcome, produced=produced)
