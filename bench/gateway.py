@@ -303,6 +303,11 @@ async def throughput(
                 done += 1
             except RuntimeError:
                 errors += 1
+            except (OSError, asyncio.IncompleteReadError):  # the server dropped the connection
+                errors += 1
+                connection.writer.close()
+                connection = Connection(port)
+                await connection.open()
         connection.writer.close()
 
     began = time.perf_counter()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything and run the product: migrations, demo data, the ASGI server, and (when a
-# broker is configured) a Celery worker with the beat scheduler. With nothing configured it
-# runs on SQLite with tasks executed in-process.
+# broker is configured) a Celery worker with the beat scheduler, and (when Redis is
+# configured) a gateway settler. With nothing configured it runs on SQLite with tasks
+# executed in-process and gateway calls settled by the web process.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -25,6 +26,12 @@ if [ -n "${CELERY_BROKER_URL:-}" ]; then
   pids+=("$!")
 else
   say "No CELERY_BROKER_URL: background tasks run in-process (eager)"
+fi
+
+if [ -n "${REDIS_URL:-}" ]; then
+  say "Starting a gateway settler (Redis $REDIS_URL)"
+  "$PY" manage.py gateway_settler &
+  pids+=("$!")
 fi
 
 say "Serving on http://$HOST:$PORT/ (admin at /admin/, API docs at /api/docs/)"

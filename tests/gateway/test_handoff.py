@@ -5,6 +5,7 @@ in a thread of the test process, as ``manage.py gateway_settler`` runs it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -237,3 +238,19 @@ def test_a_stopping_settler_settles_what_was_handed_over_meanwhile(
     assert running.settler.settled == 1
     assert not client.exists(handoff.ALIVE)
     assert UsageRecord.objects.get().charged_micro == REPORTED_COST
+
+
+def test_with_redis_unreachable_the_web_process_settles(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    handoff._seen.until = 0.0
+
+    async def hand_over() -> bool:
+        # It gives up at the heartbeat, before looking at the call.
+        handed = await handoff.hand_over(admission=None, outcome=None, produced=True)  # type: ignore[arg-type]
+        await handoff.close()
+        return handed
+
+    assert asyncio.run(hand_over()) is False
+    assert "settling in the web process" in caplog.text

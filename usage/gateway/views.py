@@ -150,17 +150,13 @@ async def _settle_after_response(
     admission: metering.Admission, outcome: metering.Outcome, *, produced: bool
 ) -> bool:
     """Settle once the answer is out (the client does not wait for the capture; the hold
-    already bounds what the call can spend): in a settler process when one runs, else in
-    this one after the response. False when the server cannot defer work: the caller
-    settles before answering."""
-    try:
-        handed = handoff.hand_over(admission=admission, outcome=outcome, produced=produced)
-        if await asyncio.shield(handed):
-            return True
-    except asyncio.CancelledError:
-        pass  # settled here as well: if the job did get queued, one of the two is a replay
+    already bounds what the call can spend): handed over to a settler process when one
+    runs, else in this one. False when the server cannot defer work: the caller settles
+    before answering."""
 
     async def work() -> None:
+        if await handoff.hand_over(admission=admission, outcome=outcome, produced=produced):
+            return
         await _settle_and_release(admission=admission, outcome=outcome, produced=produced)
 
     return after_response.defer(work)
