@@ -84,6 +84,16 @@ def _records(count: int, timeout: float = 10.0) -> list[UsageRecord]:
     raise AssertionError(f"{count} calls were not settled")
 
 
+def _settled_by(settler: handoff.Settler, count: int, timeout: float = 10.0) -> int:
+    """How many jobs ``settler`` has settled, once it reaches ``count`` (a record is
+    visible as soon as its capture commits; the settler counts the job after
+    acknowledging it)."""
+    deadline = time.monotonic() + timeout
+    while settler.settled < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return settler.settled
+
+
 def _queue_empty(client: redis.Redis) -> bool:
     pending = client.xpending(handoff.STREAM, handoff.GROUP)["pending"]
     return client.xlen(handoff.STREAM) == 0 and pending == 0
@@ -104,7 +114,7 @@ def test_a_settler_settles_the_calls_the_gateway_hands_over(
     assert [(r.input_tokens, r.output_tokens) for r in records] == [
         (PROMPT_TOKENS, COMPLETION_TOKENS)
     ] * 2
-    assert settler.settled == 2  # the settler did it, not the web process
+    assert _settled_by(settler, 2) == 2  # the settler did it, not the web process
     assert _queue_empty(client)
     assert not Authorization.objects.filter(settled_at__isnull=True).exists()
     assert ledger_state(funded_wallet)["balance"] == 10_000_000 - 2 * REPORTED_COST
@@ -124,7 +134,7 @@ def test_logged_content_travels_with_the_job(
     (record,) = _records(1)
     content = UsageContent.objects.get(record=record)
     assert (content.system, content.response) == ("Be brief.", REPLY)
-    assert settler.settled == 1
+    assert _settled_by(settler, 1) == 1
 
 
 def test_without_a_settler_the_gateway_settles_its_own_calls(
