@@ -22,6 +22,7 @@ call these functions; none of them does money math of its own.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fnmatch
 import hashlib
@@ -942,8 +943,9 @@ def _capture_general(
     return RecordResult(record, available_after=charge.available_after)
 
 
-_CAPTURE = "SELECT * FROM usage_capture(%s, %s, %s, %s, %s, %s)"
+_CAPTURE = "SELECT * FROM usage_capture_counted(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 GENERAL_PATH = "UC001"  # SQLSTATE of usage_capture's "take the general path"
+SETTLED = "UC002"  # SQLSTATE of usage_capture_counted's "already settled"
 
 
 def _capture_in_one_call(
@@ -954,36 +956,46 @@ def _capture_in_one_call(
     content: ContentLog | None,
     now: dt.datetime,
 ) -> RecordResult | None:
-    """The common capture (the hold active, the cost covered) in one PostgreSQL call after
-    the spend counters: ``usage_capture`` settles, writes the record and captures. None
+    """The common capture (the hold active, the cost covered) as one PostgreSQL statement,
+    ``usage_capture_counted``: the spend counters, the settlement, the record and the
+    capture. Without content to keep it is its own transaction (one round trip). None
     when the call undid itself for the general path (``_capture_general``)."""
     if not wallet_services.use_pg_functions():
         return None
+    periods = [
+        account_services.budget_period_bounds(period, record.created_at)[0]
+        for period in ("daily", "weekly", "monthly")
+    ]
+    params = [
+        authorization.token_id,
+        authorization.membership_id,
+        *periods,
+        account_services.month_start(record.finished_at),
+        authorization.pk,
+        authorization.hold_id,
+        cost,
+        Hold(pk=authorization.hold_id).capture_key,
+        now,
+        sql.json_row(record),
+    ]
+    # Its own transaction needs no BEGIN and COMMIT; inside a caller's, a savepoint lets
+    # the general path run after the call undid itself.
+    alone = content is None and not connection.in_atomic_block
     try:
-        with transaction.atomic():
-            _capture_spend(authorization, record, cost)
-            row = sql.fetch_one(
-                _CAPTURE,
-                [
-                    authorization.pk,
-                    authorization.hold_id,
-                    cost,
-                    Hold(pk=authorization.hold_id).capture_key,
-                    now,
-                    sql.json_row(record),
-                ],
-            )
+        with contextlib.nullcontext() if alone else transaction.atomic():
+            row = sql.fetch_one(_CAPTURE, params)
             assert row is not None
-            outcome, record_id, _, _, available_after = row
-            if outcome != "ok":
-                raise _AlreadySettled()
+            _, record_id, _, _, available_after = row
             record.pk = record_id
             record._state.adding = False
             record._state.db = connection.alias
             _record_saved(authorization, record, now=now, content=content)
     except DatabaseError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == GENERAL_PATH:
+        state = getattr(exc.__cause__, "sqlstate", None)
+        if state == GENERAL_PATH:
             return None
+        if state == SETTLED:
+            raise _AlreadySettled() from exc
         raise
     return RecordResult(record, available_after=available_after)
 

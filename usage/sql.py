@@ -121,3 +121,62 @@ END $$;
 DROP_CAPTURE_V1 = r"""
 DROP FUNCTION IF EXISTS usage_capture(bigint, bigint, bigint, text, timestamptz, jsonb);
 """
+
+# The whole common capture as one statement, in a transaction of its own (autocommit) or
+# the caller's: count the charge against the token (``used_micro`` and its budget period,
+# as ``accounts.services.api_token_spend_add``) and the member (``spend_month_micro``, as
+# ``membership_spend_add``), in that lock order, then ``usage_capture``. ``p_day``,
+# ``p_week`` and ``p_month`` are the first days of the charge's budget periods,
+# ``p_member_month`` the first day of the request's month (the caller computes them:
+# ``budget_period_bounds``, ``month_start``). The general-path error undoes the counts
+# with the rest; on ``settled`` nothing was written at all.
+CAPTURE_COUNTED_V1 = r"""
+CREATE FUNCTION usage_capture_counted(
+    p_token bigint, p_membership bigint, p_day date, p_week date, p_month date,
+    p_member_month date,
+    p_authorization bigint, p_hold bigint, p_cost bigint, p_key text, p_now timestamptz,
+    p_record jsonb,
+    OUT o_outcome text, OUT o_record bigint, OUT o_entry bigint,
+    OUT o_balance_after bigint, OUT o_available_after bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_start date;
+BEGIN
+    SELECT CASE budget_period WHEN 'daily' THEN p_day WHEN 'weekly' THEN p_week
+           ELSE p_month END
+      INTO v_start FROM accounts_apitoken WHERE id = p_token FOR NO KEY UPDATE;
+    UPDATE accounts_apitoken SET
+        used_micro = used_micro + p_cost,
+        budget_spent_micro = CASE
+            WHEN budget_period = '' THEN 0
+            WHEN budget_period_start IS NULL OR budget_period_start < v_start
+                THEN GREATEST(p_cost, 0)
+            ELSE budget_spent_micro + p_cost END,
+        budget_period_start = CASE
+            WHEN budget_period = '' THEN NULL
+            WHEN budget_period_start IS NULL OR budget_period_start < v_start THEN v_start
+            ELSE budget_period_start END
+     WHERE id = p_token;
+    IF p_membership IS NOT NULL THEN
+        UPDATE accounts_membership SET
+            spend_month_micro = CASE WHEN spend_month = p_member_month
+                                     THEN spend_month_micro + p_cost
+                                     ELSE GREATEST(p_cost, 0) END,
+            spend_month = p_member_month
+         WHERE id = p_membership;
+    END IF;
+    SELECT c.o_outcome, c.o_record, c.o_entry, c.o_balance_after, c.o_available_after
+      INTO o_outcome, o_record, o_entry, o_balance_after, o_available_after
+      FROM usage_capture(p_authorization, p_hold, p_cost, p_key, p_now, p_record) c;
+    IF o_outcome <> 'ok' THEN
+        -- Already settled: the counts above must not stand either.
+        RAISE EXCEPTION 'usage_capture_counted: authorization % is settled', p_authorization
+              USING ERRCODE = 'UC002';
+    END IF;
+END $$;
+"""
+
+DROP_CAPTURE_COUNTED_V1 = r"""
+DROP FUNCTION IF EXISTS usage_capture_counted(
+    bigint, bigint, date, date, date, date, bigint, bigint, bigint, text, timestamptz, jsonb);
+"""

@@ -3,6 +3,7 @@ token with no cap row to lock, the general path otherwise; both write the same r
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -12,7 +13,7 @@ from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from accounts import services as account_services
-from accounts.models import ApiToken, User
+from accounts.models import ApiToken, Membership, User
 from tests.helpers import assert_ledger_ok, credit, micro, refresh
 from tests.usage.conftest import make_token
 from usage import services
@@ -255,5 +256,87 @@ def test_capturing_twice_replays_without_a_second_record(
     again.settled_at = None  # as a concurrent capture would have read it
     second = _capture(again, input_tokens=10, output_tokens=5)
     assert second.replayed and second.record.pk == first.record.pk
+    assert UsageRecord.objects.count() == 1
+    assert_ledger_ok(funded)
+
+
+@pytest.mark.parametrize(
+    ("period", "started_days_ago"),
+    [("", None), ("daily", None), ("daily", 0), ("daily", 1), ("weekly", 8), ("monthly", 0)],
+)
+def test_the_one_call_counts_token_and_member_spend_as_the_general_path(
+    org_member: tuple[User, Any],
+    prices: Any,
+    settings: Any,
+    counted: None,
+    period: str,
+    started_days_ago: int | None,
+) -> None:
+    """``usage_capture_counted`` counts the charge against the token (used, budget period)
+    and the member (month) exactly as ``api_token_spend_add`` and ``membership_spend_add``
+    do on the general path, from every budget state."""
+    member, organization = org_member
+    budget = {"budget_period": period, "budget_credits": "50"} if period else {}
+    secrets = [make_token(member, organization=organization, **budget)[1] for _ in range(2)]
+    start = timezone.now().date() - dt.timedelta(days=started_days_ago or 0)
+    for secret in secrets:
+        token = _loaded(secret)
+        ApiToken.objects.filter(pk=token.pk).update(
+            used_micro=7,
+            budget_spent_micro=11 if period else 0,
+            budget_period_start=start if started_days_ago is not None else None,
+        )
+    membership = Membership.objects.get(user=member, organization=organization)
+    last_month = account_services.month_start(timezone.now()) - dt.timedelta(days=1)
+    Membership.objects.filter(pk=membership.pk).update(
+        spend_month=last_month.replace(day=1), spend_month_micro=13
+    )
+
+    def counters(secret: str) -> tuple[Any, ...]:
+        token = ApiToken.objects.get(pk=_loaded(secret).pk)
+        member_row = Membership.objects.get(pk=membership.pk)
+        return (
+            token.used_micro,
+            token.budget_spent_micro,
+            token.budget_period_start,
+            member_row.spend_month,
+            member_row.spend_month_micro,
+        )
+
+    fast_auth = _authorize(_loaded(secrets[0]), "fast").authorization
+    general_auth = _authorize(_loaded(secrets[1]), "general").authorization
+    calls = _calls("usage_capture_counted")
+    fast = _capture(fast_auth, input_tokens=900, output_tokens=300)
+    assert _calls("usage_capture_counted") == calls + 1
+    fast_counters = counters(secrets[0])
+    # The member's count is shared: put it back before the general path counts again.
+    Membership.objects.filter(pk=membership.pk).update(
+        spend_month=last_month.replace(day=1), spend_month_micro=13
+    )
+    settings.WALLET_PG_FUNCTIONS = False
+    general = _capture(general_auth, input_tokens=900, output_tokens=300)
+    assert fast.record.charged_micro == general.record.charged_micro > 0
+    assert fast_counters == counters(secrets[1])
+    assert fast_counters[0] == 7 + fast.record.charged_micro
+    assert fast_counters[4] == fast.record.charged_micro  # a new month starts the count again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_capture_is_one_statement_and_a_second_one_replays(
+    user: User, funded: Wallet, prices: Any
+) -> None:
+    """As the API and the settlers run it: no transaction around the call (autocommit),
+    and a capture racing a finished one (``UC002``) changes nothing and replays."""
+    token, secret = make_token(user)
+    authorization = _authorize(_loaded(secret), "alone").authorization
+    assert not connection.in_atomic_block
+    first = _capture(authorization, input_tokens=10, output_tokens=5)
+    used = ApiToken.objects.get(pk=token.pk).used_micro
+    assert used == first.record.charged_micro > 0
+    stale = Authorization.objects.select_related("hold", "price", "token").get(pk=authorization.pk)
+    stale.settled_at = None  # as a concurrent capture would have read it
+    second = _capture(stale, input_tokens=10, output_tokens=5)
+    assert second.replayed and second.record.pk == first.record.pk
+    assert ApiToken.objects.get(pk=token.pk).used_micro == used  # the racer counted nothing
     assert UsageRecord.objects.count() == 1
     assert_ledger_ok(funded)

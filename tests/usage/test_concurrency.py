@@ -202,3 +202,42 @@ def test_concurrent_uncapped_authorizations_never_overdraw_the_wallet(chat: None
     assert refresh(wallet).held == 7 * TEN_MILLI == refresh(wallet).balance
     assert Authorization.objects.count() == Hold.objects.count() == 7
     assert_ledger_ok(wallet)
+
+
+def test_authorizations_and_captures_racing_on_one_pool_never_deadlock(chat: None) -> None:
+    """Uncapped tokens of one organization's pool, as the metering benchmark's (b): an
+    authorization locks the pool and then references its token (a key-share lock), a
+    capture counts the charge on the token and then charges the pool. The capture's lock
+    on the token must not conflict with that key-share lock, or the two deadlock."""
+    organization = OrganizationFactory()
+    owner = organization.memberships.get().user
+    pool = Wallet.objects.get(organization=organization)
+    credit(pool, "1000")
+    tokens = [
+        account_services.api_token_create(
+            user=owner, name=f"t{n}", scopes=["metering"], organization=organization
+        )[0]
+        for n in range(4)
+    ]
+    report = services.UsageReport(usage=pricing.Usage(output_tokens=300))
+
+    def pairs(i: int) -> int:
+        for n in range(15):
+            authorization = _authorize(tokens[i % 4], i * 100 + n)
+            services.authorization_capture(authorization=authorization, report=report)
+        return i
+
+    results = run_together(8, pairs)
+    errors = [r for r in results if not isinstance(r, int)]
+    assert not errors, errors[:3]
+    assert UsageRecord.objects.count() == 120
+    assert refresh(pool).held == 0
+    assert (
+        sum(
+            ApiToken.objects.filter(pk__in=[t.pk for t in tokens]).values_list(
+                "used_micro", flat=True
+            )
+        )
+        == 120 * 3_000
+    )
+    assert_ledger_ok(pool)
