@@ -12,6 +12,7 @@ warning is logged (at most once a minute per process). Money never depends on Re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -28,7 +29,24 @@ from config.errors import LimiterUnavailable
 
 logger = logging.getLogger(__name__)
 
-_HIT = (
+
+class _Script:
+    """A Lua script run by its SHA-1 (``EVALSHA``): Redis neither receives nor hashes the
+    text on every call. The first call on a Redis that has not seen it yet (after a
+    restart or ``SCRIPT FLUSH``) sends the text once (``EVAL``), which caches it again."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, client: Any, numkeys: int, *keys_and_args: Any) -> Any:
+        try:
+            return client.evalsha(self.sha, numkeys, *keys_and_args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(self.text, numkeys, *keys_and_args)
+
+
+_HIT = _Script(
     "local n = redis.call('INCR', KEYS[1]) "
     "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
     "return n"
@@ -81,7 +99,7 @@ class Window:
             # One round trip on the request path, atomic: count, and start the window's
             # expiry with its first event.
             try:
-                return int(client.eval(_HIT, 1, cache.make_key(key), self.seconds + 1))
+                return int(_HIT(client, 1, cache.make_key(key), self.seconds + 1))
             except (redis.RedisError, OSError) as exc:
                 return self._unavailable(exc)
         if cache.add(key, 1, timeout=self.seconds + 1):
@@ -144,7 +162,7 @@ def warn_unavailable(exc: BaseException) -> None:
 # seconds, then (limit, cost) per key; a limit of 0 is off. Every limit is checked before
 # any is counted, so a refused request counts nowhere. Returns {0} or {index of the limit
 # hit (1-based), seconds until it has room, its current count}.
-_ROLLING = """
+_ROLLING = _Script("""
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 for i = 1, #KEYS do
@@ -188,16 +206,16 @@ for i = 1, #KEYS do
   end
 end
 return {0, 0, 0}
-"""
+""")
 
 # KEYS: one limit's hash. ARGV: the bucket second, the correction. Only a bucket that
 # exists (still in the window, something counted in it) is corrected.
-_ADJUST = """
+_ADJUST = _Script("""
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 end
 return 0
-"""
+""")
 
 _limiter_clients: dict[str, Any] = {}
 _local_lock = threading.Lock()
@@ -256,7 +274,7 @@ class RollingLimit:
             if client is None:
                 outcome = self._hit_local(keys, args)
             else:
-                outcome = [int(v) for v in client.eval(_ROLLING, len(keys), *keys, *args)]
+                outcome = [int(v) for v in _ROLLING(client, len(keys), *keys, *args)]
         except (redis.RedisError, OSError) as exc:
             warn_unavailable(exc)
             return None
@@ -279,7 +297,7 @@ class RollingLimit:
         try:
             client = _limiter_client()
             if client is not None:
-                client.eval(_ADJUST, 1, key, second, delta)
+                _ADJUST(client, 1, key, second, delta)
                 return
             with _local_lock:
                 table = dict(cache.get(key) or {})

@@ -240,8 +240,9 @@ def _caps_check(*, token: ApiToken, amount: int, now: dt.datetime) -> None:
     """Check every cap except the wallet's, which the hold or debit that follows checks
     under the wallet's lock. Must run inside the transaction that takes that hold/debit.
 
-    Rows are locked in the global order (token, then membership) and only when a cap on
-    them exists, so an unlimited token on a personal wallet takes no extra lock. The
+    Rows are locked in the global order (token, then membership): for update when a cap
+    on them exists, else only against their deletion (key share), as the authorization's
+    insert would lock them later, after the wallet. The
     token's lifetime quota and its periodic budget are checked under the same token lock,
     so concurrent requests can never exceed either. (The minimum balance is checked with
     the hold, under the wallet's lock: ``_require_min_balance``.)
@@ -251,9 +252,26 @@ def _caps_check(*, token: ApiToken, amount: int, now: dt.datetime) -> None:
         in_flight = token_in_flight(token_id=token.pk)
         _check_token_quota(locked, amount, in_flight)
         _check_token_budget(locked, amount, in_flight, now)
-    if _member_caps(token) and token.membership_id is not None:
-        membership = account_services.membership_lock(membership_id=token.membership_id)
-        _check_member_limit(membership, amount, now)
+    else:
+        _key_share(_TOKEN_KEY_SHARE, token.pk)
+    if token.membership_id is not None:
+        if _member_caps(token):
+            membership = account_services.membership_lock(membership_id=token.membership_id)
+            _check_member_limit(membership, amount, now)
+        else:
+            _key_share(_MEMBER_KEY_SHARE, token.membership_id)
+
+
+# The authorization's insert references the token and the membership (a key-share lock on
+# each); taken here, before the wallet's lock, the locks follow the global order even for
+# a row with no cap to check (see ``usage.sql.AUTHORIZATION_OPEN_V2``).
+_TOKEN_KEY_SHARE = 'SELECT 1 FROM "accounts_apitoken" WHERE "id" = %s FOR KEY SHARE'  # noqa: S105 (SQL, not a secret)
+_MEMBER_KEY_SHARE = 'SELECT 1 FROM "accounts_membership" WHERE "id" = %s FOR KEY SHARE'
+
+
+def _key_share(statement: str, row_id: int) -> None:
+    if connection.vendor == "postgresql":  # SQLite locks the whole database instead
+        sql.execute(statement, [row_id])
 
 
 def _token_caps(token: ApiToken) -> bool:

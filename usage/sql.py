@@ -53,6 +53,29 @@ BEGIN
 END $$;
 """
 
+# V2 (migration ``usage.0009``): the same, but it first takes the key-share locks its
+# insert needs on the token and the membership (the authorization references both), so
+# it locks in the global order, token -> membership -> wallet, as a capture does. V1 took
+# them with the insert, after the wallet: an authorization could then hold the wallet
+# and wait on a capture holding the token and waiting for the wallet (a deadlock, seen
+# with tokens sharing an organization's pool).
+_OPEN_LOCKS = """LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM accounts_apitoken WHERE id = p_token FOR KEY SHARE;
+    IF p_membership IS NOT NULL THEN
+        PERFORM 1 FROM accounts_membership WHERE id = p_membership FOR KEY SHARE;
+    END IF;
+"""
+AUTHORIZATION_OPEN_V2 = AUTHORIZATION_OPEN_V1.replace(
+    "\nCREATE FUNCTION ", "\nCREATE OR REPLACE FUNCTION ", 1
+).replace("LANGUAGE plpgsql AS $$\nBEGIN\n", _OPEN_LOCKS, 1)
+assert AUTHORIZATION_OPEN_V2.count("FOR KEY SHARE") == 2
+assert "CREATE OR REPLACE FUNCTION usage_authorization_open(" in AUTHORIZATION_OPEN_V2
+# Back from V2: V1's text, replacing.
+AUTHORIZATION_OPEN_V1_REPLACE = AUTHORIZATION_OPEN_V1.replace(
+    "\nCREATE FUNCTION ", "\nCREATE OR REPLACE FUNCTION ", 1
+)
+
 DROP_AUTHORIZATION_OPEN_V1 = r"""
 DROP FUNCTION IF EXISTS usage_authorization_open(
     bigint, bigint, text, timestamptz, text, text, timestamptz, bigint, boolean, bigint,

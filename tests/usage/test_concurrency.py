@@ -206,9 +206,11 @@ def test_concurrent_uncapped_authorizations_never_overdraw_the_wallet(chat: None
 
 def test_authorizations_and_captures_racing_on_one_pool_never_deadlock(chat: None) -> None:
     """Uncapped tokens of one organization's pool, as the metering benchmark's (b): an
-    authorization locks the pool and then references its token (a key-share lock), a
-    capture counts the charge on the token and then charges the pool. The capture's lock
-    on the token must not conflict with that key-share lock, or the two deadlock."""
+    authorization references its token and member (key-share locks) and holds on the pool,
+    a capture counts the charge on the token and the member and then charges the pool.
+    Both must lock in one order (token, membership, wallet) with modes that let each
+    other's through: a capture locking its token FOR UPDATE deadlocked here at once, and
+    an authorization taking its key-share locks after the pool deadlocked now and then."""
     organization = OrganizationFactory()
     owner = organization.memberships.get().user
     pool = Wallet.objects.get(organization=organization)
@@ -222,15 +224,15 @@ def test_authorizations_and_captures_racing_on_one_pool_never_deadlock(chat: Non
     report = services.UsageReport(usage=pricing.Usage(output_tokens=300))
 
     def pairs(i: int) -> int:
-        for n in range(15):
-            authorization = _authorize(tokens[i % 4], i * 100 + n)
+        for n in range(30):
+            authorization = _authorize(tokens[i % 4], i * 1000 + n)
             services.authorization_capture(authorization=authorization, report=report)
         return i
 
     results = run_together(8, pairs)
     errors = [r for r in results if not isinstance(r, int)]
     assert not errors, errors[:3]
-    assert UsageRecord.objects.count() == 120
+    assert UsageRecord.objects.count() == 240
     assert refresh(pool).held == 0
     assert (
         sum(
@@ -238,6 +240,6 @@ def test_authorizations_and_captures_racing_on_one_pool_never_deadlock(chat: Non
                 "used_micro", flat=True
             )
         )
-        == 120 * 3_000
+        == 240 * 3_000
     )
     assert_ledger_ok(pool)

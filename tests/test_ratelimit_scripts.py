@@ -1,0 +1,33 @@
+"""The rate limits' Lua scripts run by SHA-1 on the real Redis, and still run on a Redis
+that has forgotten them (a restart or ``SCRIPT FLUSH``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import ratelimit
+
+
+@pytest.fixture
+def client():  # type: ignore[no-untyped-def]
+    client = ratelimit._redis_client("probe")
+    assert client is not None, "the tests run on the Redis cache"
+    return client
+
+
+def test_a_window_counts_by_sha_and_again_after_redis_forgot_its_script(client) -> None:  # type: ignore[no-untyped-def]
+    window = ratelimit.Window("script-test", limit=10, seconds=60)
+    client.script_flush()
+    assert window.hit("a") == 1  # NOSCRIPT: sent once as text, which caches it
+    assert client.script_exists(ratelimit._HIT.sha) == [True]
+    assert window.hit("a") == 2  # by SHA
+    client.script_flush()
+    assert window.hit("a") == 3
+    assert window.hit("b") == 1
+
+
+def test_the_rolling_limit_refuses_at_its_limit_after_redis_forgot_its_script(client) -> None:  # type: ignore[no-untyped-def]
+    limit = ratelimit.RollingLimit("script-test")
+    client.script_flush()
+    granted = [limit.hit("t", [("rpm", 3, 1)]) for _ in range(4)]
+    assert [outcome is None for outcome in granted] == [True, True, True, False]
