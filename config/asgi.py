@@ -98,6 +98,10 @@ class SyncStackASGIHandler(ASGIHandler):
         if scope["path"].startswith(GATEWAY_PREFIX):
             await super().handle(scope, receive, send)  # -> get_response_async, on the loop
             return
+        target = fastpath.route(scope)
+        if target is not None:
+            await self._serve_fast(scope, receive, send, target)
+            return
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -110,6 +114,28 @@ class SyncStackASGIHandler(ASGIHandler):
             await self._stream(response, receive, send)
         finally:
             body_file.close()
+
+    async def _serve_fast(self, scope: Any, receive: Any, send: Any, target: Any) -> None:
+        """The metering fast path (``usage.fastpath``): the body (of announced length),
+        one hop for everything synchronous, then the bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > target.length:
+                break  # more than announced: let the fast path refuse it as malformed
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        status, headers, content = await sync_to_async(fastpath.serve, thread_sensitive=True)(
+            scope, b"".join(chunks), target
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
     def _respond(self, scope: Any, body_file: Any) -> HttpResponseBase:
         """Everything synchronous about one request, in the request's thread."""
@@ -160,4 +186,6 @@ class SyncStackASGIHandler(ASGIHandler):
 
 
 django.setup(set_prefix=False)  # what get_asgi_application() does before its handler
+from usage import fastpath  # noqa: E402 (reads settings: after the setup)
+
 application = SyncStackASGIHandler()

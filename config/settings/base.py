@@ -333,6 +333,10 @@ METERING_DEFAULT_MAX_TOKENS = env.int("METERING_DEFAULT_MAX_TOKENS", default=409
 METERING_MAX_TOKENS = env.int("METERING_MAX_TOKENS", default=10_000_000)
 # How long after its hold expired an authorization can still be captured (and charged).
 METERING_LATE_CAPTURE_SECONDS = env.int("METERING_LATE_CAPTURE_SECONDS", default=86400)
+# Serve POST /api/v1/authorizations and .../capture with bearer tokens without the
+# middleware stack and DRF's request machinery (usage/fastpath.py; ASGI only). Off: every
+# request takes the full stack.
+METERING_FAST_PATH = env.bool("METERING_FAST_PATH", default=True)
 # Bytes per chunk of the streamed usage export.
 USAGE_EXPORT_CHUNK_BYTES = env.int("USAGE_EXPORT_CHUNK_BYTES", default=256 * 1024)
 # Let PostgreSQL format the export with COPY (False uses the portable Python writer).
