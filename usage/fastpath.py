@@ -26,6 +26,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.core import signals
 from django.http.request import HttpHeaders
+from django.utils.log import log_response
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
@@ -175,6 +176,8 @@ def _answer(
         response: Response = view.post(request, **target.kwargs)  # type: ignore[attr-defined]
     except Exception as exc:  # rendered as DRF would render it, or re-raised
         response = _error(exc, view, request)
+        # Logged as Django's handler logs every 4xx (a warning on ``django.request``).
+        log_response("%s: %s", response.reason_phrase, scope["path"], response=response)
     return _encode(response, request, view)
 
 
