@@ -74,6 +74,9 @@ class Answer:
             headers["retry-after"] = "<seconds>"
             body = json.loads(json.dumps(body))
             body["error"]["detail"]["retry_after"] = "<seconds>"
+            body["error"]["message"] = re.sub(
+                r"\d+ seconds?", "<n> seconds", body["error"]["message"]
+            )
         if volatile:  # two successes: balances, ids and lengths differ
             for name in ("content-length", "x-credits-remaining"):
                 headers[name] = "<varies>" if name in headers else None
