@@ -7,25 +7,30 @@ class authenticates the token and checks the view's scope, the same throttle cou
 request, the view's own ``post`` runs (validation, the service call, the payload), errors
 go through the project's exception handler, and the body is rendered by DRF's
 ``JSONRenderer``. What it leaves out is what these requests do not use: sessions, CSRF
-(token requests are exempt), messages, content negotiation (JSON only), and Django's
-request, response and middleware objects. The headers the skipped middleware would add
-are added here (``_SECURITY_HEADERS``, ``X-Credits-Remaining``).
+(token requests are exempt), messages, content negotiation (JSON only), URL resolution,
+and the middleware chain. The middleware that adds response headers (security headers,
+``X-Frame-Options``, ``X-Credits-Remaining``) is run on the response here, the same
+classes with the same settings.
 
 Anything else (another method or path, no bearer token, another content type, a query
-string) is served by the full stack, unchanged. ``tests/usage/test_fastpath.py`` sends the
-same requests both ways and compares status, headers and bodies.
+string, ``SECURE_SSL_REDIRECT`` on) is served by the full stack, unchanged.
+``tests/gateway/test_metering_fast_path.py`` sends the same requests both ways and compares
+status, headers, bodies and log lines.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import re
 from typing import Any, cast
 
 from django.conf import settings
 from django.core import signals
-from django.http.request import HttpHeaders
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponseBase
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.utils.functional import cached_property
 from django.utils.log import log_response
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.parsers import JSONParser
@@ -34,21 +39,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import ApiTokenAuthentication, TokenRateThrottle
-from accounts.middleware import HEADER as CREDITS_REMAINING
-from accounts.middleware import credits_remaining
+from accounts.middleware import CreditsRemainingMiddleware
 from accounts.models import ApiToken
 from config.errors import api_exception_handler
 
 _PATH = re.compile(r"^/api/v1/authorizations(?:/(?P<authorization_id>[0-9]+)/capture)?$")
-
-# What SecurityMiddleware and XFrameOptionsMiddleware add to every response (with this
-# project's settings; the test compares them with the full stack's).
-_SECURITY_HEADERS = (
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"same-origin"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-)
 
 
 class Route:
@@ -63,7 +58,12 @@ class Route:
 def route(scope: dict[str, Any]) -> Route | None:
     """The route for an ASGI request, if this path serves it (decided from the request
     line and headers alone, before anything is read or counted)."""
-    if scope["method"] != "POST" or scope.get("query_string") or not settings.METERING_FAST_PATH:
+    if (
+        scope["method"] != "POST"
+        or scope.get("query_string")
+        or not settings.METERING_FAST_PATH
+        or settings.SECURE_SSL_REDIRECT  # SecurityMiddleware's redirect is the full stack's
+    ):
         return None
     match = _PATH.match(scope["path"])
     if match is None:
@@ -88,38 +88,34 @@ def route(scope: dict[str, Any]) -> Route | None:
     return Route(api.AuthorizationCaptureApi, {"authorization_id": int(captured)}, length)
 
 
-class _Request:
-    """What the views, the authentication class and the throttle read of a request."""
+class _Request(ASGIRequest):
+    """Django's own request for the scope, with what DRF's ``Request`` adds that the views,
+    the authentication class and the throttle read (``data``, ``auth``, ``user``,
+    ``parser_context``)."""
 
     def __init__(self, scope: dict[str, Any], body: bytes, view: APIView) -> None:
-        meta: dict[str, Any] = {"REQUEST_METHOD": "POST", "QUERY_STRING": ""}
-        client = scope.get("client")
-        if client:
-            meta["REMOTE_ADDR"] = client[0]
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin1").upper().replace("-", "_")
-            if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                name = "HTTP_" + name
-            value = raw_value.decode("latin1")
-            meta[name] = f"{meta[name]},{value}" if name in meta else value
-        self.META = meta
-        self.headers = HttpHeaders(meta)
-        self.method = "POST"
-        self.body = body
+        super().__init__(scope, io.BytesIO(body))
         self.parser_context = {"view": view}
         self.auth: ApiToken | None = None
         self.user: Any = None
-        self._data: Any = None
 
-    @property
+    @cached_property
     def data(self) -> Any:
-        if self._data is None:
-            self._data = _PARSER.parse(io.BytesIO(self.body), "application/json", {})
-        return self._data
+        """The JSON body, parsed when the view first reads it (as DRF does: a capture of an
+        authorization that does not exist is a 404 whatever its body)."""
+        return _PARSER.parse(io.BytesIO(self.body), "application/json", {})
 
 
 _PARSER = JSONParser()
 _RENDERER = JSONRenderer()
+
+
+def _unused(request: HttpRequest) -> HttpResponseBase:
+    raise AssertionError("only the response phase of these middleware runs here")
+
+
+# The response phase of the full stack's header-adding middleware, innermost first.
+_HEADER_MIDDLEWARE = (XFrameOptionsMiddleware(_unused), SecurityMiddleware(_unused))
 served = 0  # requests this process answered here (for operators and tests)
 
 
@@ -133,21 +129,26 @@ def serve(
     served += 1
     signals.request_started.send(sender=Route, scope=scope)
     try:
-        return _answer(scope, body, target)
-    except Exception:
-        # A bug or an outage, not a refusal: logged as Django logs a 500 (to the
-        # ``django.request`` logger, which mails the admins when so configured), and
-        # answered in the API's error shape rather than Django's HTML error page.
-        _server_errors.error("Internal Server Error: %s", scope["path"], exc_info=True)
-        content = _RENDERER.render(_SERVER_ERROR, "application/json", {})
-        headers = [(b"content-type", b"application/json"), *_SECURITY_HEADERS]
-        headers.append((b"content-length", str(len(content)).encode()))
-        return 500, headers, content
+        view = target.view()
+        view.args, view.kwargs, view.format_kwarg = (), target.kwargs, None
+        request = _Request(scope, body, view)
+        view.request = request  # type: ignore[assignment]
+        try:
+            response = _answer(request, view, target)
+        except Exception as exc:
+            # A bug or an outage, not a refusal: logged as Django logs a 500 (an error on
+            # ``django.request``, which mails the admins when so configured), and answered
+            # in the API's error shape rather than Django's HTML error page.
+            response = Response(_SERVER_ERROR, status=500)
+            log_response(
+                "%s: %s", response.reason_phrase, request.path, response=response,
+                request=request, exception=exc,
+            )  # fmt: skip
+        return _encode(response, request, view)
     finally:
         signals.request_finished.send(sender=Route)
 
 
-_server_errors = logging.getLogger("django.request")
 _SERVER_ERROR = {
     "error": {
         "code": "server_error",
@@ -158,13 +159,7 @@ _SERVER_ERROR = {
 }
 
 
-def _answer(
-    scope: dict[str, Any], body: bytes, target: Route
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    view = target.view()
-    view.args, view.kwargs, view.format_kwarg = (), target.kwargs, None
-    request = _Request(scope, body, view)
-    view.request = request  # type: ignore[assignment]
+def _answer(request: _Request, view: APIView, target: Route) -> Response:
     try:
         authenticated = ApiTokenAuthentication().authenticate(request)  # type: ignore[arg-type]
         if authenticated is None:  # not a bearer token after all: cannot happen (route)
@@ -177,8 +172,10 @@ def _answer(
     except Exception as exc:  # rendered as DRF would render it, or re-raised
         response = _error(exc, view, request)
         # Logged as Django's handler logs every 4xx (a warning on ``django.request``).
-        log_response("%s: %s", response.reason_phrase, scope["path"], response=response)
-    return _encode(response, request, view)
+        log_response(
+            "%s: %s", response.reason_phrase, request.path, response=response, request=request
+        )
+    return response
 
 
 def _error(exc: Exception, view: APIView, request: _Request) -> Response:
@@ -194,17 +191,18 @@ def _error(exc: Exception, view: APIView, request: _Request) -> Response:
 def _encode(
     response: Response, request: _Request, view: APIView
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The response's bytes and headers, as DRF's ``finalize_response`` and rendering
+    and then the header-adding middleware leave them."""
     content = _RENDERER.render(response.data, "application/json", {})
-    headers = [(b"content-type", b"application/json")]
-    # DRF's finalize_response: the view's own headers (Allow; Vary when it negotiates).
-    for name, value in view.default_response_headers.items():
-        if name not in response:
-            headers.append((name.lower().encode("latin1"), value.encode("latin1")))
-    for name, value in response.items():
-        if name.lower() != "content-type":  # HttpResponse's default; the body is JSON
-            headers.append((name.lower().encode("latin1"), value.encode("latin1")))
-    if CREDITS_REMAINING not in response and isinstance(request.auth, ApiToken):
-        headers.append((b"x-credits-remaining", credits_remaining(request.auth).encode()))
-    headers.extend(_SECURITY_HEADERS)
-    headers.append((b"content-length", str(len(content)).encode()))
+    response["Content-Type"] = _RENDERER.media_type
+    for name, value in view.default_response_headers.items():  # Allow; Vary if negotiated
+        response[name] = value
+    # Each sets its headers on the response it is given and returns it.
+    CreditsRemainingMiddleware(lambda _request: response)(request)
+    for middleware in _HEADER_MIDDLEWARE:
+        middleware.process_response(request, response)
+    response["Content-Length"] = str(len(content))  # as CommonMiddleware sets it
+    headers = [
+        (name.lower().encode("latin1"), value.encode("latin1")) for name, value in response.items()
+    ]
     return response.status_code, headers, content
