@@ -763,8 +763,14 @@ def api_token_spend_add(*, token_id: int, amount: int, now: dt.datetime) -> None
     """Add ``amount`` µcr (negative to correct) to the token's ``used_micro`` and to its
     budget count for ``now``'s period; takes the token's row lock if the caller does not
     hold it yet."""
-    starts = [budget_period_bounds(p, now)[0] for p in ("daily", "weekly", "monthly")]
+    starts = budget_period_starts(now)
     sql.execute(_SPEND_ADD, [amount, *starts, max(amount, 0), amount, *starts, *starts, token_id])
+
+
+def budget_period_starts(now: dt.datetime) -> list[dt.date]:
+    """The first days of ``now``'s daily, weekly and monthly budget periods, in that order
+    (a token's count starts again when its period's first day moves)."""
+    return [budget_period_bounds(p, now)[0] for p in ("daily", "weekly", "monthly")]
 
 
 def budget_period_bounds(period: str, now: dt.datetime) -> tuple[dt.date, dt.datetime]:

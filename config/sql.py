@@ -151,7 +151,13 @@ def _values(instance: models.Model) -> dict[str, Any]:
 
 def save_new(instance: M) -> M:
     """Insert a new, unsaved instance with one plain statement (as ``create``)."""
-    instance.pk = insert(type(instance), _values(instance))
+    return stored(instance, insert(type(instance), _values(instance)))
+
+
+def stored(instance: M, pk: int) -> M:
+    """``instance`` marked as the row ``pk`` of the database (what ``save`` leaves), for a
+    row inserted by a plain statement or a PostgreSQL function."""
+    instance.pk = pk
     instance._state.adding = False
     instance._state.db = connection.alias
     return instance

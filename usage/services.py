@@ -22,7 +22,6 @@ call these functions; none of them does money math of its own.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import fnmatch
 import hashlib
@@ -622,9 +621,7 @@ def _open_in_one_call(
         now=now,
         available_after=available_after,
     )
-    authorization = Authorization(pk=authorization_id, hold=hold, **fields)
-    authorization._state.adding = False
-    authorization._state.db = connection.alias
+    authorization = sql.stored(Authorization(hold=hold, **fields), authorization_id)
     return AuthorizationResult(authorization, Hold.Status.ACTIVE, available_after=available_after)
 
 
@@ -980,14 +977,10 @@ def _capture_in_one_call(
     when the call undid itself for the general path (``_capture_general``)."""
     if not wallet_services.use_pg_functions():
         return None
-    periods = [
-        account_services.budget_period_bounds(period, record.created_at)[0]
-        for period in ("daily", "weekly", "monthly")
-    ]
     params = [
         authorization.token_id,
         authorization.membership_id,
-        *periods,
+        *account_services.budget_period_starts(record.created_at),
         account_services.month_start(record.finished_at),
         authorization.pk,
         authorization.hold_id,
@@ -996,17 +989,15 @@ def _capture_in_one_call(
         now,
         sql.json_row(record),
     ]
-    # Its own transaction needs no BEGIN and COMMIT; inside a caller's, a savepoint lets
-    # the general path run after the call undid itself.
-    alone = content is None and not connection.in_atomic_block
+    # Without content to store it is one call, scoped as the wallet's are: its own
+    # transaction (no BEGIN and COMMIT), or a savepoint inside a caller's, so the general
+    # path can run after the call undid itself.
     try:
-        with contextlib.nullcontext() if alone else transaction.atomic():
+        with wallet_services.statement_scope() if content is None else transaction.atomic():
             row = sql.fetch_one(_CAPTURE, params)
             assert row is not None
             _, record_id, _, _, available_after = row
-            record.pk = record_id
-            record._state.adding = False
-            record._state.db = connection.alias
+            sql.stored(record, record_id)
             _record_saved(authorization, record, now=now, content=content)
     except DatabaseError as exc:
         state = getattr(exc.__cause__, "sqlstate", None)

@@ -612,7 +612,6 @@ def hold_reserved(
     """The ``Hold`` a reservation just inserted (``wallet_hold_create``), without reading
     it back; ``available_after`` is what the wallet had left available."""
     hold = Hold(
-        pk=hold_id,
         wallet_id=wallet_id,
         request_id=request_id,
         amount=amount,
@@ -622,8 +621,7 @@ def hold_reserved(
         reference_type=reference.type,
         reference_id=reference.id,
     )
-    hold._state.adding = False
-    hold._state.db = connection.alias
+    plain_sql.stored(hold, hold_id)
     hold.available_after = available_after
     return hold
 
