@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from accounts import services as account_services
 from accounts.models import User
 from tests.factories import UserFactory
-from tests.helpers import assert_ledger_ok, credit
+from tests.helpers import assert_ledger_ok, credit, ledger_state
 from tests.usage.conftest import make_token
 from usage import fastpath
 from usage.models import Authorization, UsageRecord
@@ -170,18 +170,26 @@ def test_an_authorization_and_its_capture_answer_alike(
     ],
 )
 def test_refused_authorizations_answer_alike_and_change_nothing(
-    http: httpx.Client, settings: Any, secret: str, body: Any, code: str | None
+    http: httpx.Client,
+    settings: Any,
+    secret: str,
+    funded_wallet: Wallet,
+    body: Any,
+    code: str | None,
 ) -> None:
+    before = ledger_state(funded_wallet)
     fast, _ = _both(http, settings, AUTHORIZE, body, secret=secret)
     assert fast.status >= 400
     if code is not None:
         assert fast.status == 400 and fast.body["error"]["code"] == code
     assert not Authorization.objects.exists()
+    assert ledger_state(funded_wallet) == before
 
 
 def test_token_refusals_answer_alike(
     http: httpx.Client, settings: Any, customer: User, funded_wallet: Wallet, chat_price: Any
 ) -> None:
+    before = ledger_state(funded_wallet)
     body = _authorize_body("t1")
     unknown = "sk-live-abcdefabcdef-" + "x" * 40
     fast, _ = _both(http, settings, AUTHORIZE, body, secret=unknown)
@@ -197,13 +205,16 @@ def test_token_refusals_answer_alike(
     fast, _ = _both(http, settings, AUTHORIZE, body, secret=narrow)
     assert fast.status == 403
     assert not Authorization.objects.exists()
+    assert ledger_state(funded_wallet) == before
 
 
 def test_a_broke_wallet_and_the_rate_limit_answer_alike(
     http: httpx.Client, settings: Any, chat_price: Any
 ) -> None:
     poor = UserFactory()
-    credit(Wallet.objects.get(user=poor), "0.000001")
+    wallet = Wallet.objects.get(user=poor)
+    credit(wallet, "0.000001")
+    before = ledger_state(wallet)
     secret = make_token(poor, scopes=("metering",))[1]
     fast, _ = _both(http, settings, AUTHORIZE, _authorize_body("p1"), secret=secret)
     assert fast.status == 402 and "limit_source" in fast.body["error"]["detail"]
@@ -211,6 +222,7 @@ def test_a_broke_wallet_and_the_rate_limit_answer_alike(
     fast, _ = _both(http, settings, AUTHORIZE, _authorize_body("p2"), secret=secret)
     assert fast.status == 429 and "retry-after" in fast.headers
     assert not Authorization.objects.exists()
+    assert ledger_state(wallet) == before
 
 
 def test_refusals_are_logged_as_the_full_stack_logs_them(
@@ -235,6 +247,7 @@ def test_someone_elses_or_a_missing_authorization_is_not_found_alike(
         http, settings, fast=True, path=AUTHORIZE, secret=other_secret,
         body=_authorize_body("x1"),
     ).body["id"]  # fmt: skip
+    before = ledger_state(Wallet.objects.get(user=other))
     for path in (f"{AUTHORIZE}/{theirs}/capture", f"{AUTHORIZE}/999999999/capture"):
         fast, _ = _both(http, settings, path, USAGE, secret=secret)
         assert fast.status == 404
@@ -242,6 +255,7 @@ def test_someone_elses_or_a_missing_authorization_is_not_found_alike(
     fast, _ = _both(http, settings, f"{AUTHORIZE}/{theirs}/capture", bad_usage, secret=other_secret)
     assert fast.status == 400
     assert not UsageRecord.objects.exists()
+    assert ledger_state(Wallet.objects.get(user=other)) == before
 
 
 def test_requests_the_fast_path_does_not_serve_take_the_full_stack(
