@@ -9,7 +9,9 @@ import hashlib
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -667,13 +669,21 @@ _TOUCH = (
 )
 
 
+# The same, with the ``accounts_token_state`` digest of what it read (PostgreSQL only).
+_TOKEN_BY_PREFIX_WITH_STATE = _TOKEN_BY_PREFIX.replace(
+    " FROM ", ', accounts_token_state(t."id") FROM ', 1
+)
+
+
 def _token_by_prefix(prefix: str) -> ApiToken | None:
     """The token with its owner, group, tier, membership and its wallet's minimum balance,
     in one indexed query (the equivalent of ``select_related``, without compiling a query
     on every request)."""
     row = sql.fetch_one(_TOKEN_BY_PREFIX, [prefix])
-    if row is None:
-        return None
+    return None if row is None else _token_from_row(row)
+
+
+def _token_from_row(row: tuple[Any, ...]) -> ApiToken:
     at = 0
     token = sql.from_row(ApiToken, row, at)
     at += sql.width(ApiToken)
@@ -691,8 +701,83 @@ def _token_by_prefix(prefix: str) -> ApiToken | None:
     return token
 
 
+class TokenCache:
+    """Tokens this process authenticated recently, by prefix: the database row each was
+    read from (the token, owner, group, tier, membership, wallet minimum) and that row's
+    ``accounts_token_state`` digest. A hit spares the request the token's query; the
+    secret, status, expiry and IP checks still run on every request.
+
+    A cached row may be out of date (another process may have revoked the token a moment
+    ago), so it is only for requests whose every write is made by a metering function that
+    takes the digest and refuses to act if the token's state has changed
+    (``usage_authorization_open``, ``usage_capture_counted``), and whose answer is sent
+    only once such a function has confirmed the state (``usage.fastpath``); any other
+    answer is made again from a token read from the database. Only tokens ``admit``
+    accepts are kept (those the one-call metering path serves), at most ``size`` of them,
+    each for ``seconds``; PostgreSQL only.
+    """
+
+    def __init__(self, *, size: int, seconds: float, admit: Callable[[ApiToken], bool]) -> None:
+        self.size = size
+        self.seconds = seconds
+        self.admit = admit
+        self._entries: dict[str, _CachedToken] = {}
+        self.hits = 0  # for operators and tests
+
+    def get(self, prefix: str) -> _CachedToken | None:
+        entry = self._entries.get(prefix)
+        if entry is None:
+            return None
+        if entry.until <= time.monotonic():
+            self.evict(prefix)
+            return None
+        return entry
+
+    def put(self, prefix: str, row: tuple[Any, ...], token: ApiToken) -> None:
+        if self.size <= 0 or not self.admit(token):
+            self.evict(prefix)
+            return
+        if len(self._entries) >= self.size and prefix not in self._entries:
+            self._entries.clear()  # bounded, and simple: refilled by the next requests
+        until = time.monotonic() + self.seconds
+        self._entries[prefix] = _CachedToken(row, row[-1], token.last_used_at, until)
+
+    def evict(self, prefix: str) -> None:
+        self._entries.pop(prefix, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class TokenRecheck(Exception):
+    """A request made with a cached token reached a step that cannot confirm the token's
+    state (anything but the metering functions), or a function found it changed: nothing
+    was written, and the request must be answered again with the token read from the
+    database (``usage.fastpath`` does)."""
+
+
+def require_token_read(token: ApiToken) -> None:
+    """Refuse to go on with a cached token (``TokenRecheck``): the caller writes without a
+    check of the token's state."""
+    if token.cached_state is not None:
+        raise TokenRecheck()
+
+
+@dataclass(slots=True)
+class _CachedToken:
+    row: tuple[Any, ...]
+    state: str
+    last_used_at: dt.datetime | None  # moves on as the process writes it
+    until: float
+
+
 def api_token_authenticate(
-    *, secret: str, client_ip: str, now: dt.datetime | None = None
+    *,
+    secret: str,
+    client_ip: str,
+    now: dt.datetime | None = None,
+    cache: TokenCache | None = None,
+    cached: bool = True,
 ) -> ApiToken:
     """The active token for a presented secret, with its group, tier and owner loaded.
 
@@ -700,14 +785,51 @@ def api_token_authenticate(
     ``InvalidToken``, ``TokenRevoked``, ``TokenExpired`` (401) or ``IpNotAllowed`` (403).
     ``last_used_at`` is written at most once per ``API_TOKEN_LAST_USED_INTERVAL`` seconds,
     so the hot path does not write the token row on every request.
+
+    With a ``cache`` (see ``TokenCache`` for the conditions), a cached row is used when
+    ``cached`` and the secret matches it (the token then carries ``cached_state``);
+    otherwise the token is read from the database and the cache refreshed with it.
     """
     prefix = tokens.parse_prefix(secret)
     if prefix is None:
         raise InvalidToken()
-    token = _token_by_prefix(prefix)
+    now = now or timezone.now()
+    token: ApiToken | None = None
+    entry = cache.get(prefix) if cache is not None and cached else None
+    if entry is not None:
+        token = _token_from_row(entry.row)
+        if tokens.secret_matches(secret, token.secret_hash):
+            token.last_used_at = entry.last_used_at
+            token.cached_state = entry.state
+            assert cache is not None
+            cache.hits += 1
+        else:  # another secret for this prefix (a rotation): ask the database
+            token = entry = None
+    row = None
+    if token is None:
+        query = _TOKEN_BY_PREFIX_WITH_STATE if cache is not None else _TOKEN_BY_PREFIX
+        row = sql.fetch_one(query, [prefix])
+        token = None if row is None else _token_from_row(row)
+    try:
+        _require_usable(token, secret, client_ip, now)
+    except Exception:
+        if cache is not None:
+            cache.evict(prefix)
+        if entry is not None:  # refused on what may be out of date: ask the database
+            raise TokenRecheck() from None
+        raise
+    assert token is not None
+    _touch(token, now)
+    if entry is not None:
+        entry.last_used_at = token.last_used_at
+    elif cache is not None and row is not None:
+        cache.put(prefix, row, token)
+    return token
+
+
+def _require_usable(token: ApiToken | None, secret: str, client_ip: str, now: dt.datetime) -> None:
     if token is None or not tokens.secret_matches(secret, token.secret_hash):
         raise InvalidToken()
-    now = now or timezone.now()
     if token.status != ApiToken.Status.ACTIVE:
         raise TokenRevoked()
     if token.organization_id is not None and token.membership_id is None:
@@ -718,11 +840,13 @@ def api_token_authenticate(
         raise TokenExpired()
     if not api_token_ip_allowed(token=token, client_ip=client_ip):
         raise IpNotAllowed(client_ip=client_ip)
+
+
+def _touch(token: ApiToken, now: dt.datetime) -> None:
     interval = dt.timedelta(seconds=settings.API_TOKEN_LAST_USED_INTERVAL)
     if token.last_used_at is None or token.last_used_at <= now - interval:
         sql.execute(_TOUCH, [now, token.pk, now - interval])
         token.last_used_at = now
-    return token
 
 
 # --- Spending counters (written by usage.services inside its metering transaction) ----

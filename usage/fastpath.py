@@ -14,6 +14,14 @@ classes with the same settings.
 
 Anything else (another method or path, no bearer token, another content type, a query
 string, ``SECURE_SSL_REDIRECT`` on) is served by the full stack, unchanged.
+
+Tokens are read through the process's token cache (``accounts.services.TokenCache``,
+``METERING_TOKEN_CACHE_SIZE``): a cached token's request is answered as usual only if a
+metering function confirmed, in the statement that wrote, that the token's state is the
+one cached. Any other answer it got (a refusal, a replay, a step that cannot check) is
+thrown away, nothing having been written, and the request is answered again with the
+token read from the database (once: ``rechecked`` counts them), keeping the first
+attempt's rate-limit verdict so the request is counted once.
 ``tests/gateway/test_metering_fast_path.py`` sends the same requests both ways and compares
 status, headers, bodies and log lines.
 """
@@ -27,6 +35,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.core import signals
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connection
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
@@ -41,6 +50,7 @@ from rest_framework.views import APIView
 from accounts.authentication import ApiTokenAuthentication, TokenRateThrottle
 from accounts.middleware import CreditsRemainingMiddleware
 from accounts.models import ApiToken
+from accounts.services import TokenCache, TokenRecheck
 from config.errors import api_exception_handler
 
 _PATH = re.compile(r"^/api/v1/authorizations(?:/(?P<authorization_id>[0-9]+)/capture)?$")
@@ -117,6 +127,31 @@ def _unused(request: HttpRequest) -> HttpResponseBase:
 # The response phase of the full stack's header-adding middleware, innermost first.
 _HEADER_MIDDLEWARE = (XFrameOptionsMiddleware(_unused), SecurityMiddleware(_unused))
 served = 0  # requests this process answered here (for operators and tests)
+rechecked = 0  # of those, answered again with the token read from the database
+_TOKEN_CACHE_SECONDS = 60.0
+_token_cache: TokenCache | None = None
+
+
+def token_cache() -> TokenCache | None:
+    """This process's token cache; None when ``METERING_TOKEN_CACHE_SIZE`` is 0 or the
+    database is not PostgreSQL (the checks are PostgreSQL functions)."""
+    global _token_cache
+    size = settings.METERING_TOKEN_CACHE_SIZE
+    if size <= 0 or connection.vendor != "postgresql":
+        return None
+    if _token_cache is None or _token_cache.size != size:
+        from usage.services import token_cacheable  # imports models: after Django's setup
+
+        _token_cache = TokenCache(size=size, seconds=_TOKEN_CACHE_SECONDS, admit=token_cacheable)
+    return _token_cache
+
+
+class _Verdict:
+    """The rate limiter's answer for this request, asked once however often it is
+    answered."""
+
+    allowed: bool | None = None
+    wait: float | None = None
 
 
 def serve(
@@ -125,16 +160,23 @@ def serve(
     """Answer one request (status, headers, body), in the request's thread. The
     request-started and -finished signals bracket it, as Django's handler does (they hand
     the database connection back to the pool)."""
-    global served
+    global served, rechecked
     served += 1
     signals.request_started.send(sender=Route, scope=scope)
     try:
-        view = target.view()
-        view.args, view.kwargs, view.format_kwarg = (), target.kwargs, None
-        request = _Request(scope, body, view)
-        view.request = request  # type: ignore[assignment]
+        cache = token_cache()
+        verdict = _Verdict()
+        view, request = _start(scope, body, target)
         try:
-            response = _answer(request, view, target)
+            try:
+                response = _answer(request, view, target, _authentication(cache, True), verdict)
+                again = _unconfirmed(request)
+            except TokenRecheck:
+                again = True
+            if again:
+                rechecked += 1
+                view, request = _start(scope, body, target)
+                response = _answer(request, view, target, _authentication(cache, False), verdict)
         except Exception as exc:
             # A bug or an outage, not a refusal: logged as Django logs a 500 (an error on
             # ``django.request``, which mails the admins when so configured), and answered
@@ -144,6 +186,13 @@ def serve(
                 "%s: %s", response.reason_phrase, request.path, response=response,
                 request=request, exception=exc,
             )  # fmt: skip
+        else:
+            if response.status_code >= 400:
+                # Logged as Django's handler logs every 4xx (a warning on ``django.request``).
+                log_response(
+                    "%s: %s", response.reason_phrase, request.path, response=response,
+                    request=request,
+                )  # fmt: skip
         return _encode(response, request, view)
     finally:
         signals.request_finished.send(sender=Route)
@@ -159,22 +208,51 @@ _SERVER_ERROR = {
 }
 
 
-def _answer(request: _Request, view: APIView, target: Route) -> Response:
+def _start(scope: dict[str, Any], body: bytes, target: Route) -> tuple[APIView, _Request]:
+    view = target.view()
+    view.args, view.kwargs, view.format_kwarg = (), target.kwargs, None
+    request = _Request(scope, body, view)
+    view.request = request  # type: ignore[assignment]
+    return view, request
+
+
+def _authentication(cache: TokenCache | None, cached: bool) -> ApiTokenAuthentication:
+    authentication = ApiTokenAuthentication()
+    authentication.token_cache = cache
+    authentication.use_cached = cached
+    return authentication
+
+
+def _unconfirmed(request: _Request) -> bool:
+    """The request's token came from the cache and no metering function confirmed its
+    state: its answer may rest on what has changed since."""
+    token = request.auth
+    return token is not None and token.cached_state is not None and not token.state_confirmed
+
+
+def _answer(
+    request: _Request,
+    view: APIView,
+    target: Route,
+    authentication: ApiTokenAuthentication,
+    verdict: _Verdict,
+) -> Response:
     try:
-        authenticated = ApiTokenAuthentication().authenticate(request)  # type: ignore[arg-type]
+        authenticated = authentication.authenticate(request)  # type: ignore[arg-type]
         if authenticated is None:  # not a bearer token after all: cannot happen (route)
             raise drf_exceptions.NotAuthenticated()
         request.user, request.auth = authenticated
-        throttle = TokenRateThrottle()
-        if not throttle.allow_request(request, view):  # type: ignore[arg-type]
-            raise drf_exceptions.Throttled(throttle.wait())
+        if verdict.allowed is None:
+            throttle = TokenRateThrottle()
+            verdict.allowed = throttle.allow_request(request, view)  # type: ignore[arg-type]
+            verdict.wait = throttle.wait()
+        if not verdict.allowed:
+            raise drf_exceptions.Throttled(verdict.wait)
         response: Response = view.post(request, **target.kwargs)  # type: ignore[attr-defined]
+    except TokenRecheck:
+        raise
     except Exception as exc:  # rendered as DRF would render it, or re-raised
         response = _error(exc, view, request)
-        # Logged as Django's handler logs every 4xx (a warning on ``django.request``).
-        log_response(
-            "%s: %s", response.reason_phrase, request.path, response=response, request=request
-        )
     return response
 
 

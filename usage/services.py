@@ -288,6 +288,19 @@ def _caps_apply(token: ApiToken) -> bool:
     return _token_caps(token) or _member_caps(token)
 
 
+def token_cacheable(token: ApiToken) -> bool:
+    """Whether the metering fast path may keep ``token`` in its process's cache
+    (``accounts.services.TokenCache``): its authorizations and captures are made in one
+    call each, by the functions that check the token's state (no cap row to lock first,
+    no per-token rate limit counted before the call)."""
+    return (
+        wallet_services.use_pg_functions()
+        and not _caps_apply(token)
+        and not token.rate_limit_rpm
+        and not token.rate_limit_tpm
+    )
+
+
 def _spend_add(
     *,
     token_id: int,
@@ -539,6 +552,7 @@ def authorization_create(
         opened = _open_in_one_call(token, fields, durable=durable)
         if opened is not None:
             return opened
+        account_services.require_token_read(token)
         with transaction.atomic():
             if not durable:
                 _commit_without_flush_wait()
@@ -579,7 +593,7 @@ def _hold_reference(token: ApiToken) -> wallet_services.Ref:
     return wallet_services.Ref("accounts.apitoken", str(token.pk))
 
 
-_OPEN = f"SELECT * FROM usage_authorization_open({', '.join(['%s'] * 23)})"  # noqa: S608
+_OPEN = f"SELECT * FROM usage_authorization_open({', '.join(['%s'] * 24)})"  # noqa: S608
 
 
 def _open_in_one_call(
@@ -605,12 +619,16 @@ def _open_in_one_call(
                 token.group_id, fields["tier_rate"], fields["request_id"], fields["model"],
                 fields["endpoint"], fields["estimated_input_tokens"], fields["max_tokens"],
                 fields["estimated_task_units"], fields["body_hash"], fields["client_ip"],
+                token.cached_state,
             ],
         )  # fmt: skip
     assert row is not None
     outcome, authorization_id, hold_id, available_after = row
+    if outcome == "stale":
+        raise account_services.TokenRecheck()
     if outcome != "ok":
         return None
+    token.state_confirmed = True
     hold = wallet_services.hold_reserved(
         hold_id=hold_id,
         wallet_id=token.wallet_id,
@@ -944,6 +962,9 @@ def _capture_general(
 ) -> RecordResult:
     """Every case of a capture, step by step in one transaction: an expired hold charged
     without its reservation, a shortfall, a released hold (``HoldReleased``)."""
+    token = authorization._state.fields_cache.get("token")
+    if token is not None:
+        account_services.require_token_read(token)
     with transaction.atomic():
         _capture_spend(authorization, record, cost)
         _authorization_settle(authorization, record, now=now, content=content)
@@ -958,9 +979,10 @@ def _capture_general(
     return RecordResult(record, available_after=charge.available_after)
 
 
-_CAPTURE = "SELECT * FROM usage_capture_counted(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_CAPTURE = f"SELECT * FROM usage_capture_counted({', '.join(['%s'] * 13)})"  # noqa: S608
 GENERAL_PATH = "UC001"  # SQLSTATE of usage_capture's "take the general path"
 SETTLED = "UC002"  # SQLSTATE of usage_capture_counted's "already settled"
+STATE_CHANGED = "UC003"  # SQLSTATE of usage_capture_counted's "the cached token changed"
 
 
 def _capture_in_one_call(
@@ -977,6 +999,7 @@ def _capture_in_one_call(
     when the call undid itself for the general path (``_capture_general``)."""
     if not wallet_services.use_pg_functions():
         return None
+    token = authorization._state.fields_cache.get("token")
     params = [
         authorization.token_id,
         authorization.membership_id,
@@ -988,6 +1011,7 @@ def _capture_in_one_call(
         Hold(pk=authorization.hold_id).capture_key,
         now,
         sql.json_row(record),
+        token.cached_state if token is not None else None,
     ]
     # Without content to store it is one call, scoped as the wallet's are: its own
     # transaction (no BEGIN and COMMIT), or a savepoint inside a caller's, so the general
@@ -1005,7 +1029,11 @@ def _capture_in_one_call(
             return None
         if state == SETTLED:
             raise _AlreadySettled() from exc
+        if state == STATE_CHANGED:
+            raise account_services.TokenRecheck() from exc
         raise
+    if token is not None:
+        token.state_confirmed = True
     return RecordResult(record, available_after=available_after)
 
 

@@ -203,3 +203,52 @@ DROP_CAPTURE_COUNTED_V1 = r"""
 DROP FUNCTION IF EXISTS usage_capture_counted(
     bigint, bigint, date, date, date, date, bigint, bigint, bigint, text, timestamptz, jsonb);
 """
+
+# V3 of ``usage_authorization_open`` and V2 of ``usage_capture_counted`` (migration
+# ``usage.0010``): an optional last argument, ``p_token_state``, the token's
+# ``accounts_token_state`` as the caller read it (a web process's token cache: NULL when
+# the token was read from the database for this request). Once the token's row is locked
+# they recompute it, and if it differs they change nothing: the authorization answers
+# ``stale``, the capture raises SQLSTATE UC003 (the capture's other statements are undone
+# with it). The caller then reads the token again and answers from what it finds.
+_OPEN_STATE_CHECK = """\
+    IF p_token_state IS NOT NULL
+       AND accounts_token_state(p_token) IS DISTINCT FROM p_token_state THEN
+        o_outcome := 'stale';
+        RETURN;
+    END IF;
+"""
+_LOCKED = "FOR KEY SHARE;\n    END IF;\n"  # the end of the key-share locks
+_OPEN_V3_ARGUMENTS = "    p_client_ip inet, p_token_state text DEFAULT NULL,\n"
+AUTHORIZATION_OPEN_V3 = (
+    AUTHORIZATION_OPEN_V2.replace("CREATE OR REPLACE FUNCTION ", "CREATE FUNCTION ", 1)
+    .replace("    p_client_ip inet,\n", _OPEN_V3_ARGUMENTS, 1)
+    .replace(_LOCKED, _LOCKED + _OPEN_STATE_CHECK, 1)
+)
+assert AUTHORIZATION_OPEN_V3.count("p_token_state") == 3
+
+DROP_AUTHORIZATION_OPEN_V3 = r"""
+DROP FUNCTION IF EXISTS usage_authorization_open(
+    bigint, bigint, text, timestamptz, text, text, timestamptz, bigint, boolean, bigint,
+    bigint, bigint, bigint, bigint, numeric, text, text, text, bigint, bigint, numeric, text,
+    inet, text);
+"""
+
+_CAPTURE_STATE_CHECK = """\
+    IF p_token_state IS NOT NULL
+       AND accounts_token_state(p_token) IS DISTINCT FROM p_token_state THEN
+        RAISE EXCEPTION 'usage_capture_counted: token % changed since it was read', p_token
+              USING ERRCODE = 'UC003';
+    END IF;
+"""
+_CAPTURE_V2_ARGUMENTS = "    p_record jsonb, p_token_state text DEFAULT NULL,\n    OUT"
+CAPTURE_COUNTED_V2 = CAPTURE_COUNTED_V1.replace(
+    "    p_record jsonb,\n    OUT", _CAPTURE_V2_ARGUMENTS, 1
+).replace("FOR NO KEY UPDATE;\n", "FOR NO KEY UPDATE;\n" + _CAPTURE_STATE_CHECK, 1)
+assert CAPTURE_COUNTED_V2.count("p_token_state") == 3
+
+DROP_CAPTURE_COUNTED_V2 = r"""
+DROP FUNCTION IF EXISTS usage_capture_counted(
+    bigint, bigint, date, date, date, date, bigint, bigint, bigint, text, timestamptz, jsonb,
+    text);
+"""
