@@ -9,6 +9,7 @@ open to tokens with the ``read`` scope for safe methods and closed to tokens oth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -20,6 +21,7 @@ from rest_framework.throttling import BaseThrottle
 from accounts import services
 from accounts.errors import InsufficientScope, InvalidToken, TokenRequired
 from accounts.models import ApiToken, User
+from config import cached_reads
 from config.ratelimit import Window
 from wallet import selectors as wallet_selectors
 
@@ -49,9 +51,8 @@ def required_scope(view: Any, method: str) -> str | None:
 
 class ApiTokenAuthentication(BaseAuthentication):
     keyword = b"bearer"
-    # The metering fast path's subclass reads through its process's token cache.
-    token_cache: services.TokenCache | None = None
-    use_cached = True
+    # The metering fast path's: which tokens to keep in memory (``api_token_authenticate``).
+    keep_tokens: Callable[[ApiToken], bool] | None = None
 
     def authenticate(self, request: Request) -> tuple[User, ApiToken] | None:
         header = get_authorization_header(request).split()
@@ -66,13 +67,12 @@ class ApiTokenAuthentication(BaseAuthentication):
         token = services.api_token_authenticate(
             secret=secret,
             client_ip=client_ip(request),
-            cache=self.token_cache,
-            cached=self.use_cached,
+            keep=self.keep_tokens,
         )
         view = (request.parser_context or {}).get("view")
         scope = required_scope(view, request.method or "GET")
         if scope is None or not token.has_scope(scope):
-            services.require_token_read(token)  # a cached token's scopes may be out of date
+            cached_reads.require_uncached()  # a kept token's scopes may be out of date
             raise InsufficientScope(required_scope=scope, token_scopes=list(token.scopes))
         return token.user, token
 

@@ -373,12 +373,10 @@ class ApiToken(models.Model):
     # Not a column: ``(wallet.min_balance_micro,)`` when the authentication query read it
     # along with the token, so the metering checks need not read the wallet again.
     wallet_min_balance: tuple[int | None] | None = None
-    # Not columns: set when the token came from a web process's token cache
-    # (``accounts.services.TokenCache``): the ``accounts_token_state`` digest it was read
-    # with, and whether a metering function has since confirmed that state (only then may
-    # the request's answer stand; otherwise it is answered again from the database).
+    # Not a column: when the token was read from the process's memory rather than the
+    # database (``config.cached_reads``), the ``accounts_token_state`` digest it was read
+    # with, which the metering functions check.
     cached_state: str | None = None
-    state_confirmed: bool = False
 
     def __str__(self) -> str:
         return f"{self.name} (sk-live-{self.prefix}-…)"

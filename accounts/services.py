@@ -9,7 +9,6 @@ import hashlib
 import ipaddress
 import re
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ from accounts.models import (
     User,
     normalize_email,
 )
-from config import sql
+from config import cached_reads, sql
 from wallet import money
 from wallet import selectors as wallet_selectors
 from wallet import services as wallet_services
@@ -701,74 +700,10 @@ def _token_from_row(row: tuple[Any, ...]) -> ApiToken:
     return token
 
 
-class TokenCache:
-    """Tokens this process authenticated recently, by prefix: the database row each was
-    read from (the token, owner, group, tier, membership, wallet minimum) and that row's
-    ``accounts_token_state`` digest. A hit spares the request the token's query; the
-    secret, status, expiry and IP checks still run on every request.
-
-    A cached row may be out of date (another process may have revoked the token a moment
-    ago), so it is only for requests whose every write is made by a metering function that
-    takes the digest and refuses to act if the token's state has changed
-    (``usage_authorization_open``, ``usage_capture_counted``), and whose answer is sent
-    only once such a function has confirmed the state (``usage.fastpath``); any other
-    answer is made again from a token read from the database. Only tokens ``admit``
-    accepts are kept (those the one-call metering path serves), at most ``size`` of them,
-    each for ``seconds``; PostgreSQL only.
-    """
-
-    def __init__(self, *, size: int, seconds: float, admit: Callable[[ApiToken], bool]) -> None:
-        self.size = size
-        self.seconds = seconds
-        self.admit = admit
-        self._entries: dict[str, _CachedToken] = {}
-        self.hits = 0  # for operators and tests
-
-    def get(self, prefix: str) -> _CachedToken | None:
-        entry = self._entries.get(prefix)
-        if entry is None:
-            return None
-        if entry.until <= time.monotonic():
-            self.evict(prefix)
-            return None
-        return entry
-
-    def put(self, prefix: str, row: tuple[Any, ...], token: ApiToken) -> None:
-        if self.size <= 0 or not self.admit(token):
-            self.evict(prefix)
-            return
-        if len(self._entries) >= self.size and prefix not in self._entries:
-            self._entries.clear()  # bounded, and simple: refilled by the next requests
-        until = time.monotonic() + self.seconds
-        self._entries[prefix] = _CachedToken(row, row[-1], token.last_used_at, until)
-
-    def evict(self, prefix: str) -> None:
-        self._entries.pop(prefix, None)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-class TokenRecheck(Exception):
-    """A request made with a cached token reached a step that cannot confirm the token's
-    state (anything but the metering functions), or a function found it changed: nothing
-    was written, and the request must be answered again with the token read from the
-    database (``usage.fastpath`` does)."""
-
-
-def require_token_read(token: ApiToken) -> None:
-    """Refuse to go on with a cached token (``TokenRecheck``): the caller writes without a
-    check of the token's state."""
-    if token.cached_state is not None:
-        raise TokenRecheck()
-
-
 @dataclass(slots=True)
-class _CachedToken:
-    row: tuple[Any, ...]
-    state: str
+class _KeptToken:
+    row: tuple[Any, ...]  # as read by _TOKEN_BY_PREFIX_WITH_STATE (its digest last)
     last_used_at: dt.datetime | None  # moves on as the process writes it
-    until: float
 
 
 def api_token_authenticate(
@@ -776,8 +711,7 @@ def api_token_authenticate(
     secret: str,
     client_ip: str,
     now: dt.datetime | None = None,
-    cache: TokenCache | None = None,
-    cached: bool = True,
+    keep: Callable[[ApiToken], bool] | None = None,
 ) -> ApiToken:
     """The active token for a presented secret, with its group, tier and owner loaded.
 
@@ -786,44 +720,49 @@ def api_token_authenticate(
     ``last_used_at`` is written at most once per ``API_TOKEN_LAST_USED_INTERVAL`` seconds,
     so the hot path does not write the token row on every request.
 
-    With a ``cache`` (see ``TokenCache`` for the conditions), a cached row is used when
-    ``cached`` and the secret matches it (the token then carries ``cached_state``);
-    otherwise the token is read from the database and the cache refreshed with it.
+    ``keep`` (the metering fast path's): tokens it accepts are kept in the process's memo
+    of tokens, with their state digest (``accounts_token_state``), and read from it while
+    the request is an attempt that may read kept copies (``config.cached_reads``); such a
+    token carries ``cached_state`` and the metering functions check it.
     """
     prefix = tokens.parse_prefix(secret)
     if prefix is None:
         raise InvalidToken()
     now = now or timezone.now()
+    kept = cached_reads.memo("tokens") if keep is not None and cached_reads.keeping() else None
     token: ApiToken | None = None
-    entry = cache.get(prefix) if cache is not None and cached else None
-    if entry is not None:
-        token = _token_from_row(entry.row)
-        if tokens.secret_matches(secret, token.secret_hash):
-            token.last_used_at = entry.last_used_at
-            token.cached_state = entry.state
-            assert cache is not None
-            cache.hits += 1
-        else:  # another secret for this prefix (a rotation): ask the database
-            token = entry = None
+    entry: _KeptToken | None = None
+    if kept is not None and cached_reads.reading_cached():
+        entry = kept.get(prefix)
+        if entry is not None:
+            token = _token_from_row(entry.row)
+            if tokens.secret_matches(secret, token.secret_hash):
+                token.last_used_at = entry.last_used_at
+                token.cached_state = entry.row[-1]
+                cached_reads.used()
+            else:  # another secret for this prefix (a rotation): ask the database
+                token = entry = None
     row = None
     if token is None:
-        query = _TOKEN_BY_PREFIX_WITH_STATE if cache is not None else _TOKEN_BY_PREFIX
+        query = _TOKEN_BY_PREFIX_WITH_STATE if kept is not None else _TOKEN_BY_PREFIX
         row = sql.fetch_one(query, [prefix])
         token = None if row is None else _token_from_row(row)
     try:
         _require_usable(token, secret, client_ip, now)
     except Exception:
-        if cache is not None:
-            cache.evict(prefix)
-        if entry is not None:  # refused on what may be out of date: ask the database
-            raise TokenRecheck() from None
+        if kept is not None:
+            kept.evict(prefix)
+        cached_reads.require_uncached()  # refused on what may be out of date: read again
         raise
     assert token is not None
     _touch(token, now)
     if entry is not None:
         entry.last_used_at = token.last_used_at
-    elif cache is not None and row is not None:
-        cache.put(prefix, row, token)
+    elif kept is not None and row is not None:
+        if keep is not None and keep(token):
+            kept.put(prefix, _KeptToken(row, token.last_used_at))
+        else:
+            kept.evict(prefix)
     return token
 
 

@@ -6,7 +6,7 @@ they were written with, so a later version goes in a new constant)."""
 # except for the counters that change with use (spend, budget and member counters,
 # ``last_used_at``, the owner's ``last_login``), so a column added later is covered by
 # default. A web process keeps recently authenticated tokens with this digest
-# (``accounts.services.TokenCache``); the metering functions recompute it under the
+# (``config.cached_reads``); the metering functions recompute it under the
 # token's lock and refuse to act when it differs, so a cached token never acts on state
 # that has changed since it was read, whichever process or statement changed it.
 # PL/pgSQL rather than SQL so its plan is kept for the session (about 40 µs a call).

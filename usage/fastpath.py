@@ -15,13 +15,13 @@ classes with the same settings.
 Anything else (another method or path, no bearer token, another content type, a query
 string, ``SECURE_SSL_REDIRECT`` on) is served by the full stack, unchanged.
 
-Tokens are read through the process's token cache (``accounts.services.TokenCache``,
-``METERING_TOKEN_CACHE_SIZE``): a cached token's request is answered as usual only if a
-metering function confirmed, in the statement that wrote, that the token's state is the
-one cached. Any other answer it got (a refusal, a replay, a step that cannot check) is
-thrown away, nothing having been written, and the request is answered again with the
-token read from the database (once: ``rechecked`` counts them), keeping the first
-attempt's rate-limit verdict so the request is counted once.
+Each request is first answered as an attempt that may read its token, the model's price
+and the authorization it captures from the process's memory (``config.cached_reads``,
+``METERING_CACHE_SIZE``). Such an answer is sent only if a metering function confirmed,
+in the statement that wrote, that what was read is current; any other (a refusal, a
+replay, a step that cannot check) is dropped, nothing having been written, and the
+request is answered again reading from the database (``rechecked`` counts these), keeping
+the first attempt's rate-limit verdict so the request is counted once.
 ``tests/gateway/test_metering_fast_path.py`` sends the same requests both ways and compares
 status, headers, bodies and log lines.
 """
@@ -35,7 +35,6 @@ from typing import Any, cast
 from django.conf import settings
 from django.core import signals
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connection
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
@@ -50,7 +49,7 @@ from rest_framework.views import APIView
 from accounts.authentication import ApiTokenAuthentication, TokenRateThrottle
 from accounts.middleware import CreditsRemainingMiddleware
 from accounts.models import ApiToken
-from accounts.services import TokenCache, TokenRecheck
+from config import cached_reads
 from config.errors import api_exception_handler
 
 _PATH = re.compile(r"^/api/v1/authorizations(?:/(?P<authorization_id>[0-9]+)/capture)?$")
@@ -127,23 +126,7 @@ def _unused(request: HttpRequest) -> HttpResponseBase:
 # The response phase of the full stack's header-adding middleware, innermost first.
 _HEADER_MIDDLEWARE = (XFrameOptionsMiddleware(_unused), SecurityMiddleware(_unused))
 served = 0  # requests this process answered here (for operators and tests)
-rechecked = 0  # of those, answered again with the token read from the database
-_TOKEN_CACHE_SECONDS = 60.0
-_token_cache: TokenCache | None = None
-
-
-def token_cache() -> TokenCache | None:
-    """This process's token cache; None when ``METERING_TOKEN_CACHE_SIZE`` is 0 or the
-    database is not PostgreSQL (the checks are PostgreSQL functions)."""
-    global _token_cache
-    size = settings.METERING_TOKEN_CACHE_SIZE
-    if size <= 0 or connection.vendor != "postgresql":
-        return None
-    if _token_cache is None or _token_cache.size != size:
-        from usage.services import token_cacheable  # imports models: after Django's setup
-
-        _token_cache = TokenCache(size=size, seconds=_TOKEN_CACHE_SECONDS, admit=token_cacheable)
-    return _token_cache
+rechecked = 0  # of those, answered again reading from the database
 
 
 class _Verdict:
@@ -164,19 +147,20 @@ def serve(
     served += 1
     signals.request_started.send(sender=Route, scope=scope)
     try:
-        cache = token_cache()
         verdict = _Verdict()
         view, request = _start(scope, body, target)
         try:
             try:
-                response = _answer(request, view, target, _authentication(cache, True), verdict)
-                again = _unconfirmed(request)
-            except TokenRecheck:
+                with cached_reads.attempt(cached=True) as first:
+                    response = _answer(request, view, target, verdict)
+                again = first.used and not first.confirmed
+            except cached_reads.ReadAgain:
                 again = True
             if again:
                 rechecked += 1
                 view, request = _start(scope, body, target)
-                response = _answer(request, view, target, _authentication(cache, False), verdict)
+                with cached_reads.attempt(cached=False):
+                    response = _answer(request, view, target, verdict)
         except Exception as exc:
             # A bug or an outage, not a refusal: logged as Django logs a 500 (an error on
             # ``django.request``, which mails the admins when so configured), and answered
@@ -216,28 +200,16 @@ def _start(scope: dict[str, Any], body: bytes, target: Route) -> tuple[APIView, 
     return view, request
 
 
-def _authentication(cache: TokenCache | None, cached: bool) -> ApiTokenAuthentication:
-    authentication = ApiTokenAuthentication()
-    authentication.token_cache = cache
-    authentication.use_cached = cached
-    return authentication
+def _keep_token(token: ApiToken) -> bool:
+    from usage.services import token_cacheable  # imports models: after Django's setup
+
+    return token_cacheable(token)
 
 
-def _unconfirmed(request: _Request) -> bool:
-    """The request's token came from the cache and no metering function confirmed its
-    state: its answer may rest on what has changed since."""
-    token = request.auth
-    return token is not None and token.cached_state is not None and not token.state_confirmed
-
-
-def _answer(
-    request: _Request,
-    view: APIView,
-    target: Route,
-    authentication: ApiTokenAuthentication,
-    verdict: _Verdict,
-) -> Response:
+def _answer(request: _Request, view: APIView, target: Route, verdict: _Verdict) -> Response:
     try:
+        authentication = ApiTokenAuthentication()
+        authentication.keep_tokens = _keep_token
         authenticated = authentication.authenticate(request)  # type: ignore[arg-type]
         if authenticated is None:  # not a bearer token after all: cannot happen (route)
             raise drf_exceptions.NotAuthenticated()
@@ -249,7 +221,7 @@ def _answer(
         if not verdict.allowed:
             raise drf_exceptions.Throttled(verdict.wait)
         response: Response = view.post(request, **target.kwargs)  # type: ignore[attr-defined]
-    except TokenRecheck:
+    except cached_reads.ReadAgain:
         raise
     except Exception as exc:  # rendered as DRF would render it, or re-raised
         response = _error(exc, view, request)

@@ -95,6 +95,10 @@ class ModelPrice(models.Model):
             models.Index(F("model"), F("effective_from").desc(), name="model_price_lookup_idx"),
         ]
 
+    # Not a column: read from the process's memory (``config.cached_reads``), so the
+    # authorization function checks that it is still the model's current version.
+    from_memory: bool = False
+
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from:%Y-%m-%d %H:%M}"
 

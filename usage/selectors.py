@@ -7,7 +7,7 @@ Usage records are read by their owner only: every list and lookup is scoped to o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from django.db import connection
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
-from config import sql
+from config import cached_reads, sql
 from usage.errors import AuthorizationNotFound, UnknownModel, UsageRecordNotFound
 from usage.models import Authorization, ModelPrice, UsageContent, UsageRecord
 from wallet.models import Hold
@@ -37,15 +37,31 @@ _AUTHORIZATION_FOR_TOKEN = (
 )
 
 
-def model_price_current(*, model: str, now: dt.datetime | None = None) -> ModelPrice:
+def model_price_current(
+    *, model: str, now: dt.datetime | None = None, checked: bool = False
+) -> ModelPrice:
     """The catalog version of ``model`` in effect at ``now``; ``UnknownModel`` if there is
-    none or the model is no longer offered (its current version is inactive)."""
+    none or the model is no longer offered (its current version is inactive).
+
+    ``checked``: the caller has the authorization function check the version (the
+    one-call path), so in an attempt that may read kept copies, the version this process
+    last read is used (``from_memory``)."""
     now = now or timezone.now()
+    kept = cached_reads.memo("prices") if cached_reads.keeping() else None
+    remembered = kept is not None and checked and cached_reads.reading_cached()
+    row = kept.get(model) if remembered and kept is not None else None
+    if row is not None:
+        cached_reads.used()
+        price = sql.from_row(ModelPrice, row)
+        price.from_memory = True  # checked by ``usage_authorization_open``
+        return price
     row = sql.fetch_one(_CURRENT_PRICE, [model, now])
-    price = sql.from_row(ModelPrice, row) if row is not None else None
-    if price is None or not price.active:
+    current = sql.from_row(ModelPrice, row) if row is not None else None
+    if current is None or not current.active:
         raise UnknownModel(model=model[:100])
-    return price
+    if kept is not None:
+        kept.put(model, row)
+    return current
 
 
 def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
@@ -63,7 +79,19 @@ def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
 
 
 def authorization_get_for_token(*, token: Any, authorization_id: int) -> Authorization:
-    """An authorization made with ``token``; anyone else's is ``AuthorizationNotFound``."""
+    """An authorization made with ``token``; anyone else's is ``AuthorizationNotFound``.
+
+    In an attempt that may read kept copies, one this process opened and kept
+    (``authorization_keep``) is taken from memory instead, once: its columns do not change
+    but for its settlement, which the capture function checks."""
+    if cached_reads.reading_cached():
+        kept = cached_reads.memo("authorizations")
+        build = kept.pop((authorization_id, token.pk)) if kept is not None else None
+        if build is not None:
+            cached_reads.used()
+            authorization = build()
+            authorization._state.fields_cache["token"] = token
+            return authorization
     row = sql.fetch_one(_AUTHORIZATION_FOR_TOKEN, [authorization_id, token.pk])
     if row is None:
         raise AuthorizationNotFound(authorization_id=authorization_id)
@@ -72,6 +100,17 @@ def authorization_get_for_token(*, token: Any, authorization_id: int) -> Authori
     price = sql.from_row(ModelPrice, row, sql.width(Authorization) + sql.width(Hold))
     authorization._state.fields_cache.update(hold=hold, price=price, token=token)
     return authorization
+
+
+def authorization_keep(
+    *, authorization_id: int, token_id: int, build: Callable[[], Authorization]
+) -> None:
+    """Keep an authorization this process just opened for its capture (inside an attempt
+    only): ``build`` makes a fresh instance of it (with its hold and price)."""
+    if cached_reads.keeping():
+        kept = cached_reads.memo("authorizations")
+        if kept is not None:
+            kept.put((authorization_id, token_id), build)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiToken, Membership
-from config import sql
+from config import cached_reads, sql
 from config.errors import IdempotencyConflict
 from config.ratelimit import RollingLimit
 from usage import pricing, selectors
@@ -290,7 +290,7 @@ def _caps_apply(token: ApiToken) -> bool:
 
 def token_cacheable(token: ApiToken) -> bool:
     """Whether the metering fast path may keep ``token`` in its process's cache
-    (``accounts.services.TokenCache``): its authorizations and captures are made in one
+    (``config.cached_reads``): its authorizations and captures are made in one
     call each, by the functions that check the token's state (no cap row to lock first,
     no per-token rate limit counted before the call)."""
     return (
@@ -491,7 +491,7 @@ def authorization_create(
     now = now or timezone.now()
     if durable is None:
         durable = not settings.HOLD_ASYNC_COMMIT
-    price = selectors.model_price_current(model=model, now=now)
+    price = selectors.model_price_current(model=model, now=now, checked=token_cacheable(token))
     _require_model_allowed(token, model)
     ttl = settings.WALLET_HOLD_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
@@ -552,7 +552,7 @@ def authorization_create(
         opened = _open_in_one_call(token, fields, durable=durable)
         if opened is not None:
             return opened
-        account_services.require_token_read(token)
+        cached_reads.require_uncached()
         with transaction.atomic():
             if not durable:
                 _commit_without_flush_wait()
@@ -593,7 +593,7 @@ def _hold_reference(token: ApiToken) -> wallet_services.Ref:
     return wallet_services.Ref("accounts.apitoken", str(token.pk))
 
 
-_OPEN = f"SELECT * FROM usage_authorization_open({', '.join(['%s'] * 24)})"  # noqa: S608
+_OPEN = f"SELECT * FROM usage_authorization_open({', '.join(['%s'] * 25)})"  # noqa: S608
 
 
 def _open_in_one_call(
@@ -619,27 +619,35 @@ def _open_in_one_call(
                 token.group_id, fields["tier_rate"], fields["request_id"], fields["model"],
                 fields["endpoint"], fields["estimated_input_tokens"], fields["max_tokens"],
                 fields["estimated_task_units"], fields["body_hash"], fields["client_ip"],
-                token.cached_state,
+                token.cached_state, fields["price"].from_memory,
             ],
         )  # fmt: skip
     assert row is not None
     outcome, authorization_id, hold_id, available_after = row
-    if outcome == "stale":
-        raise account_services.TokenRecheck()
+    if outcome == "stale":  # what was read from memory is out of date: nothing was done
+        raise cached_reads.ReadAgain()
     if outcome != "ok":
         return None
-    token.state_confirmed = True
-    hold = wallet_services.hold_reserved(
-        hold_id=hold_id,
-        wallet_id=token.wallet_id,
-        request_id=hold_request,
-        amount=amount,
-        expires_at=expires_at,
-        reference=reference,
-        now=now,
-        available_after=available_after,
-    )
-    authorization = sql.stored(Authorization(hold=hold, **fields), authorization_id)
+    cached_reads.confirm()
+    kept_fields = {name: value for name, value in fields.items() if name != "token"}
+
+    def build() -> Authorization:
+        hold = wallet_services.hold_reserved(
+            hold_id=hold_id,
+            wallet_id=token.wallet_id,
+            request_id=hold_request,
+            amount=amount,
+            expires_at=expires_at,
+            reference=reference,
+            now=now,
+            available_after=available_after,
+        )
+        opened = Authorization(hold=hold, token_id=token.pk, **kept_fields)
+        return sql.stored(opened, authorization_id)
+
+    authorization = build()
+    authorization._state.fields_cache["token"] = token
+    selectors.authorization_keep(authorization_id=authorization_id, token_id=token.pk, build=build)
     return AuthorizationResult(authorization, Hold.Status.ACTIVE, available_after=available_after)
 
 
@@ -962,9 +970,7 @@ def _capture_general(
 ) -> RecordResult:
     """Every case of a capture, step by step in one transaction: an expired hold charged
     without its reservation, a shortfall, a released hold (``HoldReleased``)."""
-    token = authorization._state.fields_cache.get("token")
-    if token is not None:
-        account_services.require_token_read(token)
+    cached_reads.require_uncached()
     with transaction.atomic():
         _capture_spend(authorization, record, cost)
         _authorization_settle(authorization, record, now=now, content=content)
@@ -1030,10 +1036,9 @@ def _capture_in_one_call(
         if state == SETTLED:
             raise _AlreadySettled() from exc
         if state == STATE_CHANGED:
-            raise account_services.TokenRecheck() from exc
+            raise cached_reads.ReadAgain() from exc
         raise
-    if token is not None:
-        token.state_confirmed = True
+    cached_reads.confirm()
     return RecordResult(record, available_after=available_after)
 
 

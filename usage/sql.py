@@ -205,33 +205,48 @@ DROP FUNCTION IF EXISTS usage_capture_counted(
 """
 
 # V3 of ``usage_authorization_open`` and V2 of ``usage_capture_counted`` (migration
-# ``usage.0010``): an optional last argument, ``p_token_state``, the token's
-# ``accounts_token_state`` as the caller read it (a web process's token cache: NULL when
-# the token was read from the database for this request). Once the token's row is locked
-# they recompute it, and if it differs they change nothing: the authorization answers
-# ``stale``, the capture raises SQLSTATE UC003 (the capture's other statements are undone
-# with it). The caller then reads the token again and answers from what it finds.
+# ``usage.0010``) check what the metering fast path read from its process's memory
+# (``config.cached_reads``) instead of the database: ``p_token_state``, the token's
+# ``accounts_token_state`` as it was read (NULL: read from the database for this
+# request), recomputed once the token's row is locked; and, for the authorization,
+# ``p_price_current``: the price version was read from memory, so it must still be the
+# model's current version at ``p_now``, and offered (versions are never edited: a change
+# is a new version). If either differs they change nothing: the authorization answers
+# ``stale``, the capture raises SQLSTATE UC003 (undoing its counts with it). The caller
+# then answers the request again from the database.
 _OPEN_STATE_CHECK = """\
     IF p_token_state IS NOT NULL
        AND accounts_token_state(p_token) IS DISTINCT FROM p_token_state THEN
         o_outcome := 'stale';
         RETURN;
     END IF;
+    IF p_price_current AND NOT EXISTS (
+        SELECT 1 FROM (SELECT id, active FROM usage_modelprice
+                        WHERE model = p_model AND effective_from <= p_now
+                        ORDER BY effective_from DESC LIMIT 1) current_version
+         WHERE current_version.id = p_price AND current_version.active) THEN
+        o_outcome := 'stale';
+        RETURN;
+    END IF;
 """
 _LOCKED = "FOR KEY SHARE;\n    END IF;\n"  # the end of the key-share locks
-_OPEN_V3_ARGUMENTS = "    p_client_ip inet, p_token_state text DEFAULT NULL,\n"
+_OPEN_V3_ARGUMENTS = (
+    "    p_client_ip inet, p_token_state text DEFAULT NULL,\n"
+    "    p_price_current boolean DEFAULT false,\n"
+)
 AUTHORIZATION_OPEN_V3 = (
     AUTHORIZATION_OPEN_V2.replace("CREATE OR REPLACE FUNCTION ", "CREATE FUNCTION ", 1)
     .replace("    p_client_ip inet,\n", _OPEN_V3_ARGUMENTS, 1)
     .replace(_LOCKED, _LOCKED + _OPEN_STATE_CHECK, 1)
 )
 assert AUTHORIZATION_OPEN_V3.count("p_token_state") == 3
+assert AUTHORIZATION_OPEN_V3.count("p_price_current") == 2
 
 DROP_AUTHORIZATION_OPEN_V3 = r"""
 DROP FUNCTION IF EXISTS usage_authorization_open(
     bigint, bigint, text, timestamptz, text, text, timestamptz, bigint, boolean, bigint,
     bigint, bigint, bigint, bigint, numeric, text, text, text, bigint, bigint, numeric, text,
-    inet, text);
+    inet, text, boolean);
 """
 
 _CAPTURE_STATE_CHECK = """\

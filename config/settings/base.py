@@ -337,10 +337,11 @@ METERING_LATE_CAPTURE_SECONDS = env.int("METERING_LATE_CAPTURE_SECONDS", default
 # middleware stack and DRF's request machinery (usage/fastpath.py; ASGI only). Off: every
 # request takes the full stack.
 METERING_FAST_PATH = env.bool("METERING_FAST_PATH", default=True)
-# Tokens the fast path keeps per process (their database rows, for up to a minute), so a
-# request does not read its token again; every write it makes is checked against the
-# token's current state in the same statement (PostgreSQL only). 0 turns the cache off.
-METERING_TOKEN_CACHE_SIZE = env.int("METERING_TOKEN_CACHE_SIZE", default=10_000)
+# Entries the fast path keeps per process in each of its memos (tokens, model prices,
+# authorizations it opened), for up to a minute, so a request need not read them again;
+# every write is checked against the rows' current state in the same statement
+# (config/cached_reads.py; PostgreSQL only). 0 turns them off.
+METERING_CACHE_SIZE = env.int("METERING_CACHE_SIZE", default=10_000)
 # Bytes per chunk of the streamed usage export.
 USAGE_EXPORT_CHUNK_BYTES = env.int("USAGE_EXPORT_CHUNK_BYTES", default=256 * 1024)
 # Let PostgreSQL format the export with COPY (False uses the portable Python writer).

@@ -1,14 +1,15 @@
-"""The metering fast path's token cache (``accounts.services.TokenCache``): a token's
-second request is served without reading the token, and no change to the token, its
-owner, group, tier, membership or wallet minimum, made by any process or statement, is
-missed: the change is written here with plain SQL, behind the cache's back, as another
-web process or an operator's console would, and the very next request answers from it
-with nothing written on the stale state."""
+"""What the metering fast path keeps in memory (``config.cached_reads``: tokens, current
+prices, the authorizations a process opened): a token's next requests are served without
+reading the token, the price or the authorization again, and no change to any of them,
+made by any process or statement, is missed: the change is written here with plain SQL,
+behind the memo's back, as another web process or an operator's console would, and the
+very next request answers from it with nothing written on the stale state."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,11 +20,14 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiToken, User
+from config import cached_reads
 from tests.factories import UserFactory
 from tests.helpers import assert_ledger_ok, ledger_state
 from tests.usage.conftest import make_token
 from usage import fastpath
+from usage import services as usage_services
 from usage.models import Authorization, UsageRecord
+from wallet import services as wallet_services
 from wallet.models import Wallet
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -35,9 +39,8 @@ USAGE = {"input_tokens": 120, "output_tokens": 30}
 @pytest.fixture
 def http(gateway: Any, settings: Any) -> Iterator[httpx.Client]:
     settings.METERING_FAST_PATH = True
-    cache = fastpath.token_cache()
-    assert cache is not None, "the cache is on by default on PostgreSQL"
-    cache.clear()
+    assert cached_reads.memo("tokens") is not None, "on by default on PostgreSQL"
+    cached_reads.clear()
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         yield client
 
@@ -47,10 +50,10 @@ def issued(customer: User, funded_wallet: Wallet, chat_price: Any) -> tuple[ApiT
     return make_token(customer, scopes=("metering",))
 
 
-def _hits() -> int:
-    cache = fastpath.token_cache()
-    assert cache is not None
-    return cache.hits
+def _hits(name: str = "tokens") -> int:
+    kept = cached_reads.memo(name)
+    assert kept is not None
+    return kept.hits
 
 
 def _post(http: httpx.Client, path: str, secret: str, body: Any) -> httpx.Response:
@@ -342,3 +345,115 @@ def test_the_state_digest_ignores_counters_and_sees_everything_else(
     before = state(pooled)
     _sql("UPDATE accounts_membership SET monthly_spend_limit_micro = 5", [])
     assert state(pooled) != before
+
+
+def _new_version(**changes: Any) -> Any:
+    values: dict[str, Any] = {
+        "model": "test-chat", "display_name": "Test Chat", "provider": "Test",
+        "input_usd_per_mtok": "2.50", "output_usd_per_mtok": "10", "max_output_tokens": 4096,
+    }  # fmt: skip
+    return usage_services.model_price_create(**{**values, **changes})
+
+
+def test_the_price_and_the_authorization_are_read_from_memory(
+    http: httpx.Client, issued: tuple[ApiToken, str], funded_wallet: Wallet
+) -> None:
+    _, secret = issued
+    first = _authorize(http, secret, "m1").json()["id"]
+    assert _post(http, f"{AUTHORIZE}/{first}/capture", secret, USAGE).status_code == 200
+    prices, authorizations = _hits("prices"), _hits("authorizations")
+    rechecked = fastpath.rechecked
+    second = _authorize(http, secret, "m2").json()["id"]
+    assert _post(http, f"{AUTHORIZE}/{second}/capture", secret, USAGE).status_code == 200
+    assert (_hits("prices"), _hits("authorizations")) == (prices + 1, authorizations + 1)
+    assert fastpath.rechecked == rechecked
+    assert sorted(UsageRecord.objects.values_list("charged_micro", flat=True)) == [600, 600]
+    # A capture replayed: the authorization was taken from memory once, then the database.
+    replay = _post(http, f"{AUTHORIZE}/{second}/capture", secret, USAGE)
+    assert replay.status_code == 200 and replay.headers.get("idempotent-replayed") == "true"
+    assert UsageRecord.objects.count() == 2
+    assert_ledger_ok(funded_wallet)
+
+
+def test_a_new_price_version_applies_to_the_very_next_authorization(
+    http: httpx.Client, issued: tuple[ApiToken, str], funded_wallet: Wallet
+) -> None:
+    _, secret = issued
+    assert _authorize(http, secret, "p1").status_code == 201  # the price is now kept
+    dearer = _new_version(input_usd_per_mtok="5", output_usd_per_mtok="20")
+    rechecked = fastpath.rechecked
+    assert _authorize(http, secret, "p2").status_code == 201
+    assert fastpath.rechecked == rechecked + 1
+    opened = {a.request_id: a for a in Authorization.objects.all()}
+    assert opened["p2"].price_id == dearer.pk != opened["p1"].price_id
+    # Twice the price per token: twice the estimate, each rounded up to the µcr once.
+    assert opened["p1"].amount_micro == 1008 and opened["p2"].amount_micro == 2015
+
+
+def test_a_version_scheduled_ahead_takes_over_on_time(
+    http: httpx.Client, issued: tuple[ApiToken, str], funded_wallet: Wallet
+) -> None:
+    _, secret = issued
+    assert _authorize(http, secret, "s1").status_code == 201
+    later = _new_version(
+        output_usd_per_mtok="20", effective_from=timezone.now() + dt.timedelta(seconds=1)
+    )
+    assert _authorize(http, secret, "s2").status_code == 201  # the kept version still holds
+    time.sleep(1.1)
+    assert _authorize(http, secret, "s3").status_code == 201
+    prices = dict(Authorization.objects.values_list("request_id", "price_id"))
+    assert prices["s1"] == prices["s2"] != prices["s3"] == later.pk
+
+
+def test_a_model_withdrawn_behind_the_memory_is_refused_at_once(
+    http: httpx.Client, issued: tuple[ApiToken, str], funded_wallet: Wallet
+) -> None:
+    _, secret = issued
+    assert _authorize(http, secret, "u1").status_code == 201
+    before = ledger_state(funded_wallet)
+    _new_version(active=False)
+    refused = _authorize(http, secret, "u2")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unknown_model")
+    assert ledger_state(funded_wallet) == before
+    assert Authorization.objects.count() == 1
+
+
+def test_a_capture_of_an_authorization_released_elsewhere_is_refused_as_without_memory(
+    http: httpx.Client, issued: tuple[ApiToken, str], funded_wallet: Wallet, settings: Any
+) -> None:
+    _, secret = issued
+    kept = _authorize(http, secret, "x1").json()["id"]  # in the process's memory
+    fresh = _authorize(http, secret, "x2").json()["id"]
+    for authorization_id in (kept, fresh):
+        usage_services.authorization_release(
+            authorization=Authorization.objects.get(pk=authorization_id)
+        )
+    before = ledger_state(funded_wallet)
+    fast = _post(http, f"{AUTHORIZE}/{kept}/capture", secret, USAGE)
+    settings.METERING_FAST_PATH = False
+    full = http.post(
+        f"{AUTHORIZE}/{fresh}/capture", json=USAGE, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert fast.status_code == full.status_code >= 400
+    assert fast.json()["error"]["code"] == full.json()["error"]["code"]
+    assert ledger_state(funded_wallet) == before
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_capture_after_its_hold_expired_elsewhere_is_charged_late_as_without_memory(
+    http: httpx.Client, issued: tuple[ApiToken, str], funded_wallet: Wallet
+) -> None:
+    _, secret = issued
+    authorization = _authorize(http, secret, "e1").json()["id"]
+    hold_id = Authorization.objects.get(pk=authorization).hold_id
+    _sql(
+        "UPDATE wallet_hold SET expires_at = now() - interval '1 second' WHERE id = %s",
+        [hold_id],
+    )
+    assert wallet_services.holds_expire() == 1
+    rechecked = fastpath.rechecked
+    captured = _post(http, f"{AUTHORIZE}/{authorization}/capture", secret, USAGE)
+    assert captured.status_code == 200
+    assert fastpath.rechecked == rechecked + 1  # the general path reads it from the database
+    assert UsageRecord.objects.get().charged_micro == 600
+    assert_ledger_ok(funded_wallet)
