@@ -729,7 +729,9 @@ def api_token_authenticate(
     if prefix is None:
         raise InvalidToken()
     now = now or timezone.now()
-    kept = cached_reads.memo("tokens") if keep is not None and cached_reads.keeping() else None
+    kept = None
+    if keep is not None and cached_reads.keeping():
+        kept = cached_reads.memo("tokens")
     token: ApiToken | None = None
     entry: _KeptToken | None = None
     if kept is not None and cached_reads.reading_cached():
@@ -747,14 +749,17 @@ def api_token_authenticate(
         query = _TOKEN_BY_PREFIX_WITH_STATE if kept is not None else _TOKEN_BY_PREFIX
         row = sql.fetch_one(query, [prefix])
         token = None if row is None else _token_from_row(row)
+        if token is None or not tokens.secret_matches(secret, token.secret_hash):
+            if kept is not None:
+                kept.evict(prefix)
+            raise InvalidToken()
     try:
-        _require_usable(token, secret, client_ip, now)
+        _require_usable(token, client_ip, now)
     except Exception:
         if kept is not None:
             kept.evict(prefix)
         cached_reads.require_uncached()  # refused on what may be out of date: read again
         raise
-    assert token is not None
     _touch(token, now)
     if entry is not None:
         entry.last_used_at = token.last_used_at
@@ -766,9 +771,8 @@ def api_token_authenticate(
     return token
 
 
-def _require_usable(token: ApiToken | None, secret: str, client_ip: str, now: dt.datetime) -> None:
-    if token is None or not tokens.secret_matches(secret, token.secret_hash):
-        raise InvalidToken()
+def _require_usable(token: ApiToken, client_ip: str, now: dt.datetime) -> None:
+    """The checks after the secret's: status, owner, membership, expiry, address."""
     if token.status != ApiToken.Status.ACTIVE:
         raise TokenRevoked()
     if token.organization_id is not None and token.membership_id is None:

@@ -48,8 +48,9 @@ def model_price_current(
     last read is used (``from_memory``)."""
     now = now or timezone.now()
     kept = cached_reads.memo("prices") if cached_reads.keeping() else None
-    remembered = kept is not None and checked and cached_reads.reading_cached()
-    row = kept.get(model) if remembered and kept is not None else None
+    row = None
+    if kept is not None and checked and cached_reads.reading_cached():
+        row = kept.get(model)
     if row is not None:
         cached_reads.used()
         price = sql.from_row(ModelPrice, row)
