@@ -24,6 +24,8 @@ def admin_client(client: Client) -> Client:
 
 
 def price_form(**overrides: object) -> dict[str, object]:
+    # Five minutes ahead, date and time of the same moment (so near midnight too).
+    starts = timezone.localtime() + dt.timedelta(minutes=5)
     data: dict[str, object] = {
         "model": "test-chat",
         "display_name": "Test Chat",
@@ -38,8 +40,8 @@ def price_form(**overrides: object) -> dict[str, object]:
         "unit_name": "",
         "max_output_tokens": "",
         "active": "on",
-        "effective_from_0": timezone.now().strftime("%Y-%m-%d"),
-        "effective_from_1": (timezone.now() + dt.timedelta(minutes=5)).strftime("%H:%M:%S"),
+        "effective_from_0": starts.strftime("%Y-%m-%d"),
+        "effective_from_1": starts.strftime("%H:%M:%S"),
     }
     data.update(overrides)
     return data
