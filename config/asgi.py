@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import contextvars
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,12 +64,11 @@ class SyncStackASGIHandler(ASGIHandler):
             return
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        # Only the event loop's thread touches the list, so pop/append need no lock.
-        executor = (
-            self._idle_executors.pop()
-            if self._idle_executors
-            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
-        )
+        target = fastpath.route(scope)
+        if target is not None:
+            await self._serve_fast(scope, receive, send, target)
+            return
+        executor = self._executor()
         deferred = after_response.begin()
         try:
             async with ThreadSensitiveContext(executor=executor):
@@ -78,6 +78,13 @@ class SyncStackASGIHandler(ASGIHandler):
                 await after_response.run(deferred)
         finally:
             self._idle_executors.append(executor)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """An idle single-thread executor (only the event loop's thread touches the list,
+        so pop/append need no lock)."""
+        if self._idle_executors:
+            return self._idle_executors.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         """Nothing to start; at shutdown, close what this process opened on its event loop
@@ -97,10 +104,6 @@ class SyncStackASGIHandler(ASGIHandler):
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["path"].startswith(GATEWAY_PREFIX):
             await super().handle(scope, receive, send)  # -> get_response_async, on the loop
-            return
-        target = fastpath.route(scope)
-        if target is not None:
-            await self._serve_fast(scope, receive, send, target)
             return
         try:
             body_file = await self.read_body(receive)
@@ -131,9 +134,17 @@ class SyncStackASGIHandler(ASGIHandler):
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        status, headers, content = await sync_to_async(fastpath.serve, thread_sensitive=True)(
-            scope, b"".join(chunks), target
-        )
+        # One hop to an idle request thread, straight through the executor: the fast path
+        # defers no work, calls nothing asynchronous and uses the thread's own database
+        # connection, so Django's thread-sensitive context is not needed around it.
+        executor = self._executor()
+        try:
+            status, headers, content = await asyncio.get_running_loop().run_in_executor(
+                executor, contextvars.copy_context().run, fastpath.serve, scope,
+                b"".join(chunks), target,
+            )  # fmt: skip
+        finally:
+            self._idle_executors.append(executor)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
