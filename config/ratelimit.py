@@ -40,10 +40,47 @@ class _Script:
         self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
     def __call__(self, client: Any, numkeys: int, *keys_and_args: Any) -> Any:
-        try:
-            return client.evalsha(self.sha, numkeys, *keys_and_args)
-        except redis.exceptions.NoScriptError:
-            return client.eval(self.text, numkeys, *keys_and_args)
+        connection = _thread_connections.get(client)
+        for attempt in (1, 2):
+            try:
+                connection.send_command("EVALSHA", self.sha, numkeys, *keys_and_args)
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                return client.eval(self.text, numkeys, *keys_and_args)
+            except redis.exceptions.ConnectionError:
+                # A connection Redis closed since its last use (a restart): once more on a
+                # new one, as redis-py's own client retries. Timeouts are not retried.
+                connection.disconnect()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                connection.disconnect()  # a reply may still be on its way: never reuse it
+                raise
+        raise AssertionError("unreachable")
+
+
+class _ThreadConnections(threading.local):
+    """Each thread's own connection to the client's Redis, for the scripts on the request
+    path. redis-py's client takes a connection from its pool, polls it, wraps the call in
+    retries and metrics and hands it back, on every command, and on this path that cost
+    more than the round trip; a thread runs one request at a time, so a connection of its
+    own needs none of it. Made by the client's pool's own connection class and settings
+    (address, database, protocol, timeouts), and made again if the client's pool changes."""
+
+    pool: Any = None
+    connection: Any = None
+
+    def get(self, client: Any) -> Any:
+        pool = client.connection_pool
+        if pool is not self.pool:
+            if self.connection is not None:
+                self.connection.disconnect()
+            self.connection = pool.connection_class(**pool.connection_kwargs)
+            self.pool = pool
+        return self.connection
+
+
+_thread_connections = _ThreadConnections()
 
 
 _HIT = _Script(

@@ -31,3 +31,36 @@ def test_the_rolling_limit_refuses_at_its_limit_after_redis_forgot_its_script(cl
     client.script_flush()
     granted = [limit.hit("t", [("rpm", 3, 1)]) for _ in range(4)]
     assert [outcome is None for outcome in granted] == [True, True, True, False]
+
+
+def test_a_connection_redis_closed_is_replaced_and_the_event_counted_once(client) -> None:  # type: ignore[no-untyped-def]
+    window = ratelimit.Window("script-test-reconnect", limit=10, seconds=60)
+    assert window.hit("a") == 1
+    connection = ratelimit._thread_connections.get(client)
+    assert connection._sock is not None  # this thread's own, kept open
+    assert window.hit("a") == 2
+    assert ratelimit._thread_connections.get(client) is connection
+    # Redis drops every other client (as a restart does): the next hit reconnects.
+    assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+    assert window.hit("a") == 3
+    assert int(client.get(ratelimit.cache.make_key(window._key("a")[0]))) == 3
+
+
+def test_each_thread_counts_on_a_connection_of_its_own(client) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    window = ratelimit.Window("script-test-threads", limit=1000, seconds=60)
+    connections: list[object] = []
+
+    def hits() -> None:
+        for _ in range(50):
+            window.hit("shared")
+        connections.append(ratelimit._thread_connections.get(client))
+
+    threads = [threading.Thread(target=hits) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in connections}) == 4
+    assert window.hit("shared") == 201
