@@ -642,7 +642,7 @@ def _open_in_one_call(
             now=now,
             available_after=available_after,
         )
-        opened = Authorization(hold=hold, token_id=token.pk, **kept_fields)
+        opened = sql.new(Authorization, hold=hold, token_id=token.pk, **kept_fields)
         return sql.stored(opened, authorization_id)
 
     authorization = build()
@@ -1014,7 +1014,7 @@ def _capture_in_one_call(
         authorization.pk,
         authorization.hold_id,
         cost,
-        Hold(pk=authorization.hold_id).capture_key,
+        Hold.capture_key_of(authorization.hold_id),
         now,
         sql.json_row(record),
         token.cached_state if token is not None else None,
@@ -1053,7 +1053,8 @@ def _record_build(
 ) -> UsageRecord:
     """The authorization's usage record, not yet saved."""
     started_at, finished_at = span
-    return UsageRecord(
+    return sql.new(
+        UsageRecord,
         request_id=authorization.request_id,
         authorization=authorization,
         wallet_id=authorization.wallet_id,
@@ -1120,7 +1121,7 @@ def _charge_without_hold(
     return wallet_services.wallet_debit(
         wallet=authorization.wallet_id,
         amount=cost,
-        idempotency_key=Hold(pk=authorization.hold_id).capture_key,
+        idempotency_key=Hold.capture_key_of(authorization.hold_id),
         reference=reference,
         allow_partial=True,
         now=now,

@@ -306,7 +306,11 @@ class Hold(models.Model):
     @property
     def capture_key(self) -> str:
         """The idempotency key of the ledger entry a capture of this hold writes."""
-        return f"hold-capture:{self.pk}"
+        return self.capture_key_of(self.pk)
+
+    @staticmethod
+    def capture_key_of(hold_id: int) -> str:
+        return f"hold-capture:{hold_id}"
 
 
 def lot_burn_order() -> list[Any]:

@@ -611,7 +611,8 @@ def hold_reserved(
 ) -> Hold:
     """The ``Hold`` a reservation just inserted (``wallet_hold_create``), without reading
     it back; ``available_after`` is what the wallet had left available."""
-    hold = Hold(
+    hold = plain_sql.new(
+        Hold,
         wallet_id=wallet_id,
         request_id=request_id,
         amount=amount,
@@ -741,7 +742,7 @@ def hold_capture(
     amount = money.validate_micro(amount, allow_zero=True)
     hold_id = _hold_id(hold)
     now = _now(now)
-    key = Hold(pk=hold_id).capture_key
+    key = Hold.capture_key_of(hold_id)
     if use_pg_functions():
         ref = reference or Ref("wallet.hold", str(hold_id))
         outcome, entry_id, charged, balance_after, _, available_after = _pg_call(

@@ -106,3 +106,63 @@ def test_a_model_with_a_descriptor_of_its_own_is_built_by_django(
 
     monkeypatch.setattr(ModelPrice, "display_name", Shouting())
     assert not sql._builds_plainly(ModelPrice)
+
+
+def _same_new(built: models.Model, constructed: models.Model) -> None:
+    assert type(built) is type(constructed)
+    assert {k: v for k, v in vars(built).items() if k != "_state"} == {
+        k: v for k, v in vars(constructed).items() if k != "_state"
+    }
+    assert built._state.adding
+    assert built._state.db == constructed._state.db  # set by a related object, if one is given
+    assert built._state.fields_cache.keys() == constructed._state.fields_cache.keys()
+    for name, value in built._state.fields_cache.items():
+        assert value is constructed._state.fields_cache[name]
+
+
+@pytest.mark.django_db
+def test_new_builds_the_instances_the_constructor_builds(user: User, prices: Any) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from usage.models import Authorization, UsageRecord
+    from wallet.models import Hold
+
+    now = timezone.now()
+    hold_fields = {
+        "wallet_id": user.wallet.pk, "request_id": "r-1", "amount": 5, "expires_at": now,
+        "created_at": now, "reference_type": "test", "reference_id": "1",
+    }  # fmt: skip
+    for fields in (hold_fields, {**hold_fields, "wallet": user.wallet}):
+        _same_new(sql.new(Hold, **fields), Hold(**fields))
+    defaulted = sql.new(Hold, amount=7)  # the rest: defaults, made at construction
+    assert now <= defaulted.created_at <= timezone.now()
+    _same_new(defaulted, Hold(amount=7, created_at=defaulted.created_at))
+    hold = Hold(pk=41, **hold_fields)
+    token, _ = api_token_create(user=user, name="new", scopes=["metering"])
+    opened = {
+        "hold": hold, "token_id": token.pk, "wallet_id": user.wallet.pk, "user_id": user.pk,
+        "price": prices["chat"], "model": "test-chat", "request_id": "r-1",
+        "created_at": now, "expires_at": now + dt.timedelta(minutes=5),
+    }  # fmt: skip
+    authorization = sql.new(Authorization, **opened)
+    _same_new(authorization, Authorization(**opened))
+    assert authorization.hold is hold and authorization.hold_id == 41
+    assert authorization.price_id == prices["chat"].pk
+    record = {"authorization": authorization, "wallet_id": user.wallet.pk, "created_at": now,
+              "metadata": {"region": "x"}, "input_tokens": 3}  # fmt: skip
+    _same_new(sql.new(UsageRecord, **record), UsageRecord(**record))
+    # defaults that are made per instance are made per instance
+    assert sql.new(UsageRecord).metadata is not sql.new(UsageRecord).metadata
+
+
+def test_new_refuses_what_the_constructor_refuses() -> None:
+    from wallet.models import Hold
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        sql.new(Hold, colour="red")
+    with pytest.raises(TypeError):
+        Hold(colour="red")
+    with pytest.raises(ValueError):  # a related object of the wrong model
+        sql.new(Hold, wallet=object())
