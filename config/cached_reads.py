@@ -29,6 +29,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from config.sql import vendor
+
 V = TypeVar("V")
 
 
@@ -144,10 +146,9 @@ def memo(name: str) -> Memo[Any] | None:
     ``METERING_CACHE_SIZE`` is 0 or the database is not PostgreSQL (the checks are
     PostgreSQL functions)."""
     from django.conf import settings
-    from django.db import connection
 
     size = settings.METERING_CACHE_SIZE
-    if size <= 0 or connection.vendor != "postgresql":
+    if size <= 0 or vendor() != "postgresql":
         return None
     found = _memos.get(name)
     if found is None or found.size != size:

@@ -29,6 +29,13 @@ from django.db.models.query_utils import DeferredAttribute
 M = TypeVar("M", bound=models.Model)
 
 
+@functools.cache
+def vendor() -> str:
+    """The default database's vendor (``connection.vendor``, which looks the connection up
+    in a thread-local on every read; the engine is set once per process)."""
+    return connections[DEFAULT_DB_ALIAS].vendor
+
+
 def _run(sql: str, params: Sequence[Any], *, fetch: bool) -> Any:
     # ``connection`` is a proxy that looks the connection up in a thread-local on every
     # attribute access; resolve it once per statement.
@@ -129,14 +136,17 @@ def from_row(model: type[M], row: Sequence[Any], start: int = 0) -> M:
     walks every field with its signals, which on the metering path costs more than
     reading the row."""
     values = list(row[start : start + len(_fields(model))])
-    for index, column, converter in _converters(model, connection.vendor):
-        values[index] = converter(values[index], column, connection)
+    converters = _converters(model, vendor())
+    if converters:
+        db = connections[DEFAULT_DB_ALIAS]
+        for index, column, converter in converters:
+            values[index] = converter(values[index], column, db)
     if not _builds_plainly(model) or _init_receivers(model):
-        return model.from_db(connection.alias, _attnames(model), values)
+        return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), values)
     instance = model.__new__(model)
     state = ModelState()
     state.adding = False
-    state.db = connection.alias
+    state.db = DEFAULT_DB_ALIAS
     instance.__dict__["_state"] = state
     instance.__dict__.update(zip(_attnames(model), values, strict=True))
     return instance
@@ -246,7 +256,7 @@ def stored(instance: M, pk: int) -> M:
     row inserted by a plain statement or a PostgreSQL function."""
     instance.pk = pk
     instance._state.adding = False
-    instance._state.db = connection.alias
+    instance._state.db = DEFAULT_DB_ALIAS  # ``connection``'s alias
     return instance
 
 

@@ -113,7 +113,7 @@ def _require_ref(reference: Ref | None) -> Ref:
 
 
 def use_pg_functions() -> bool:
-    return connection.vendor == "postgresql" and settings.WALLET_PG_FUNCTIONS
+    return plain_sql.vendor() == "postgresql" and settings.WALLET_PG_FUNCTIONS
 
 
 def _pg_call(sql: str, params: Sequence[Any]) -> tuple[Any, ...]:
