@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -65,18 +66,21 @@ class _ThreadConnections(threading.local):
     retries and metrics and hands it back, on every command, and on this path that cost
     more than the round trip; a thread runs one request at a time, so a connection of its
     own needs none of it. Made by the client's pool's own connection class and settings
-    (address, database, protocol, timeouts), and made again if the client's pool changes."""
+    (address, database, protocol, timeouts), and made again if the client's pool changes
+    or the process was forked since (the parent keeps using its socket: the child leaves it
+    alone, as redis-py's pool does)."""
 
     pool: Any = None
     connection: Any = None
+    pid: int = 0
 
     def get(self, client: Any) -> Any:
         pool = client.connection_pool
-        if pool is not self.pool:
-            if self.connection is not None:
+        if pool is not self.pool or self.pid != os.getpid():
+            if self.connection is not None and self.pid == os.getpid():
                 self.connection.disconnect()
             self.connection = pool.connection_class(**pool.connection_kwargs)
-            self.pool = pool
+            self.pool, self.pid = pool, os.getpid()
         return self.connection
 
 

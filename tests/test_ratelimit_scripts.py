@@ -64,3 +64,26 @@ def test_each_thread_counts_on_a_connection_of_its_own(client) -> None:  # type:
         thread.join()
     assert len({id(c) for c in connections}) == 4
     assert window.hit("shared") == 201
+
+
+def test_a_forked_child_counts_on_a_connection_of_its_own(client) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    window = ratelimit.Window("script-test-fork", limit=1000, seconds=60)
+    assert window.hit("a") == 1
+    parents = ratelimit._thread_connections.get(client)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        try:
+            count = window.hit("a")
+            fresh = ratelimit._thread_connections.get(client) is not parents
+            os.write(write, f"{count} {fresh}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    assert os.read(read, 100).decode() == "2 True"
+    os.close(read)
+    assert ratelimit._thread_connections.get(client) is parents
+    assert window.hit("a") == 3  # the parent's connection still works
