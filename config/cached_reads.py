@@ -29,6 +29,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from django.conf import settings
+
 from config.sql import vendor
 
 V = TypeVar("V")
@@ -145,8 +147,6 @@ def memo(name: str) -> Memo[Any] | None:
     """This process's memo ``name`` (tokens, prices, authorizations); None when
     ``METERING_CACHE_SIZE`` is 0 or the database is not PostgreSQL (the checks are
     PostgreSQL functions)."""
-    from django.conf import settings
-
     size = settings.METERING_CACHE_SIZE
     if size <= 0 or vendor() != "postgresql":
         return None

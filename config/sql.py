@@ -141,7 +141,7 @@ def from_row(model: type[M], row: Sequence[Any], start: int = 0) -> M:
         db = connections[DEFAULT_DB_ALIAS]
         for index, column, converter in converters:
             values[index] = converter(values[index], column, db)
-    if not _builds_plainly(model) or _init_receivers(model):
+    if not _builds_directly(model):
         return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), values)
     instance = model.__new__(model)
     state = ModelState()
@@ -152,8 +152,12 @@ def from_row(model: type[M], row: Sequence[Any], start: int = 0) -> M:
     return instance
 
 
-def _init_receivers(model: type[models.Model]) -> bool:
-    return signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model)
+def _builds_directly(model: type[models.Model]) -> bool:
+    """``_builds_plainly``, and no ``pre_init``/``post_init`` receivers (checked on every
+    build: a receiver may be connected at any time)."""
+    return _builds_plainly(model) and not (
+        signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model)
+    )
 
 
 @functools.cache
@@ -173,7 +177,7 @@ def new(model: type[M], /, **values: Any) -> M:
     name (a related object, assigned through its descriptor as Django does), or its
     default. Django's keyword constructor costs several times more per field, and the
     metering path builds a hold, an authorization and a usage record per request."""
-    if not _builds_plainly(model) or _init_receivers(model):
+    if not _builds_directly(model):
         return model(**values)
     instance = model.__new__(model)
     attrs = instance.__dict__
@@ -235,7 +239,7 @@ def create(model_class: type[M], /, **fields: Any) -> M:
     """``model.objects.create(**fields)`` for hot paths: the instance is built (defaults
     applied, relations resolved) and inserted with one plain statement. No ``save()``
     hooks or signals run; the models this is used for have none."""
-    return save_new(model_class(**fields))
+    return save_new(new(model_class, **fields))
 
 
 def _values(instance: models.Model) -> dict[str, Any]:
